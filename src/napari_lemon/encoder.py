@@ -344,8 +344,7 @@ def load_safetensors(path: str | Path, device: str = "auto") -> Encoder:
         )
     if card.sha256 and card.sha256 != file_sha256(path):
         warnings.warn(
-            f"{path.name}: sha256 differs from its card; the file changed after "
-            "export",
+            f"{path.name}: sha256 differs from its card; the file changed after export",
             stacklevel=2,
         )
 
@@ -405,7 +404,8 @@ def load_official(
     encoder_state = {
         k[len(OFFICIAL_PREFIX) :]: v
         for k, v in state.items()
-        if k.startswith(OFFICIAL_PREFIX) and not k[len(OFFICIAL_PREFIX) :].startswith("head")
+        if k.startswith(OFFICIAL_PREFIX)
+        and not k[len(OFFICIAL_PREFIX) :].startswith("head")
     }
     if not encoder_state:
         some = sorted(state)[:3]

@@ -43,7 +43,9 @@ def read_imagescope_xml(path: str | Path) -> ImageScopeAnnotations:
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
-        raise ValueError(f"{path} is not a readable ImageScope XML file: {err}") from err
+        raise ValueError(
+            f"{path} is not a readable ImageScope XML file: {err}"
+        ) from err
 
     polygons, skipped = [], 0
     for region in root.iter("Region"):
@@ -82,7 +84,8 @@ def polygon_centroids(polygons: list[np.ndarray]) -> np.ndarray:
         if abs(area) < 1e-9:  # degenerate: mean of the vertices
             out[i] = pts.mean(axis=0)
         else:
-            out[i] = ((x + xn) * cross).sum() / (6 * area), (
-                (y + yn) * cross
-            ).sum() / (6 * area)
+            out[i] = (
+                ((x + xn) * cross).sum() / (6 * area),
+                ((y + yn) * cross).sum() / (6 * area),
+            )
     return out

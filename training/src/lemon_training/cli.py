@@ -68,7 +68,9 @@ def cmd_probe(args) -> None:
 def cmd_export(args) -> None:
     from .export import export_run
 
-    benchmarks = json.loads(Path(args.benchmarks).read_text()) if args.benchmarks else {}
+    benchmarks = (
+        json.loads(Path(args.benchmarks).read_text()) if args.benchmarks else {}
+    )
     path = export_run(args.run, args.out, benchmarks)
     print(f"exported {path} (+ {path.with_suffix('.json').name})")
 

@@ -83,7 +83,9 @@ def fit(config: dict[str, Any]) -> Path:
     cfg = {**DEFAULTS, **config}
     unknown = set(config) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        raise ValueError(
+            f"unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}"
+        )
     run = Path(cfg["out"])
     run.mkdir(parents=True, exist_ok=True)
     if cfg["threads"]:
@@ -98,10 +100,12 @@ def fit(config: dict[str, Any]) -> Path:
     views = TwoViews(create_policy(cfg["augmentation"]), card.mean, card.std).to(device)
     peak_lr = cfg["base_lr"] * cfg["batch_size"] / 256
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=peak_lr, weight_decay=cfg["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        trainable, lr=peak_lr, weight_decay=cfg["weight_decay"]
+    )
 
     # resume or start
-    state = {"step": 0, "images_seen": 0, "seconds": 0.0, "rng": None}
+    state = {"step": 0, "images_seen": 0, "seconds": 0.0}
     ckpt = run / "checkpoint.pt"
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=device, weights_only=False)
@@ -113,13 +117,8 @@ def fit(config: dict[str, Any]) -> Path:
     else:
         meta = {"config": cfg, "git_commit": git_commit(), "versions": versions()}
         (run / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    rng = np.random.default_rng(cfg["seed"])
-    if state["rng"] is not None:
-        rng.bit_generator.state = state["rng"]
-
     total, started = cfg["steps"], time.perf_counter() - state["seconds"]
     model.train()
-    order, cursor = rng.permutation(len(crops)), 0
     while state["step"] < total:
         step = state["step"]
         # schedules
@@ -128,11 +127,8 @@ def fit(config: dict[str, Any]) -> Path:
             group["lr"] = lr
         m = momentum_at(step, total, cfg["momentum"])
 
-        # batch (sampled without replacement within an epoch) and views
-        if cursor + cfg["batch_size"] > len(order):
-            order, cursor = rng.permutation(len(crops)), 0
-        index = np.sort(order[cursor : cursor + cfg["batch_size"]])
-        cursor += cfg["batch_size"]
+        # batch and views
+        index = batch_indices(step, len(crops), cfg["batch_size"], cfg["seed"])
         batch = torch.from_numpy(np.asarray(crops[index])).to(device)
         x1, x2 = views(batch)
 
@@ -147,18 +143,32 @@ def fit(config: dict[str, Any]) -> Path:
         state["images_seen"] += len(index)
         state["seconds"] = time.perf_counter() - started
         if state["step"] % cfg["log_every"] == 0 or state["step"] == total:
-            _log(run, state, float(loss), lr, m)
+            _log(run, state, loss.item(), lr, m)
         out_of_time = cfg["max_minutes"] and state["seconds"] > 60 * cfg["max_minutes"]
         if state["step"] % cfg["checkpoint_every"] == 0 or out_of_time:
-            state["rng"] = rng.bit_generator.state
             _checkpoint(ckpt, model, optimizer, state)
         if out_of_time:
             logger.info("time budget reached at step %d", state["step"])
             break
 
-    state["final_loss"] = float(loss)
-    torch.save({"model": model.state_dict(), "state": state, "config": cfg}, run / "final.pt")
+    state["final_loss"] = loss.item()
+    torch.save(
+        {"model": model.state_dict(), "state": state, "config": cfg}, run / "final.pt"
+    )
     return run
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Crops of training step ``step``: epochs are seeded permutations of all crops.
+
+    A function of the step alone, so that a resumed run draws the same batches.
+    """
+    if n < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the {n} crops")
+    per_epoch = n // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return np.sort(order[position * batch_size : (position + 1) * batch_size])
 
 
 def _log(run: Path, state: dict, loss: float, lr: float, momentum: float) -> None:

@@ -51,7 +51,9 @@ POLICIES = {
 def create_policy(name: str) -> nn.Module:
     """Build the augmentation policy ``name`` (a module mapping batches to views)."""
     if name not in POLICIES:
-        raise ValueError(f"augmentation={name!r} is not known; choose one of {sorted(POLICIES)}")
+        raise ValueError(
+            f"augmentation={name!r} is not known; choose one of {sorted(POLICIES)}"
+        )
     return POLICIES[name]()
 
 

@@ -79,7 +79,9 @@ def write_dataset(
         "images": int(nuclei.image.nunique()),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    logger.info("wrote %d crops from %d images to %s", len(nuclei), manifest["images"], out)
+    logger.info(
+        "wrote %d crops from %d images to %s", len(nuclei), manifest["images"], out
+    )
     return out
 
 

@@ -77,7 +77,9 @@ class MoCoV3(nn.Module):
     @torch.no_grad()
     def update_momentum(self, m: float) -> None:
         """Momentum branch <- m * momentum branch + (1 - m) * online branch."""
-        for pm, po in zip(self.momentum_parameters(), self.online_parameters()):
+        for pm, po in zip(
+            self.momentum_parameters(), self.online_parameters(), strict=True
+        ):
             pm.mul_(m).add_(po.detach(), alpha=1 - m)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,360 @@
+"""The ``lemon`` command: the analysis pipeline without a GUI.
+
+Subcommands::
+
+    lemon analyze SLIDE --out DIR      nuclei.h5ad, overlay.png, labels.tif
+    lemon segment SLIDE --out labels.tif
+    lemon embed SLIDE --points points.csv --out embeddings.h5ad
+    lemon demo [--data-dir DIR] [--out DIR]
+
+Errors the user can fix (a missing file, an unreadable slide, no pixel size, a
+weights file of another model) print one ``lemon: error: ...`` line and exit with
+status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DEMO_OUT = "lemon-demo"
+MAX_OVERLAY_SIDE = 4096
+MAX_LABELS_PIXELS = 100_000_000
+USER_ERRORS = (OSError, ValueError)  # incl. SlideError, CheckpointError
+
+
+# argument types
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive number (microns per pixel, e.g. 0.25 for "
+            "40x, 0.5 for 20x)"
+        )
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def region_type(text: str) -> tuple[int, int, int, int]:
+    """An argparse type: ``X,Y,W,H`` in level-0 pixels, width and height > 0."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not X,Y,W,H: four whole numbers in level-0 pixels, e.g. "
+            "1000,2000,1024,1024"
+        ) from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: width and height must be > 0 (X,Y,W,H in level-0 pixels)"
+        )
+    return (x, y, w, h)
+
+
+# progress and messages
+
+
+class StageBars:
+    """One tqdm bar per pipeline stage, fed by ``(stage, done, total)`` calls."""
+
+    UNITS = {"crop": "nuclei", "embed": "nuclei"}
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            unit = self.UNITS.get(stage, "step")
+            self.bar = tqdm(desc=f"{stage:>7}", total=total, unit=unit, file=sys.stderr)
+            self.stage = stage
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.stage = None, None
+
+    def __enter__(self) -> StageBars:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lemon: warning: {message}", file=sys.stderr)
+
+
+# outputs
+
+
+def write_labels(path: str | Path, labels: np.ndarray, mpp: float) -> Path:
+    """Write instance labels as a uint32 TIFF with the pixel size in its tags."""
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"--out {str(path)!r} must end in .tif or .tiff")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_cm = 1e4 / mpp
+    tifffile.imwrite(
+        path,
+        np.asarray(labels, dtype=np.uint32),
+        photometric="minisblack",
+        compression="zlib",
+        resolution=(per_cm, per_cm),
+        resolutionunit="CENTIMETER",
+    )
+    return path
+
+
+def write_outputs(result, out: Path) -> list[Path]:
+    """``nuclei.h5ad``, ``overlay.png`` and (up to 100 Mpx) ``labels.tif``."""
+    from PIL import Image
+
+    from .overlay import render_overlay, shrink_for_display
+    from .store import write_results
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_results(result.adata, out / "nuclei.h5ad")]
+
+    # outlines coloured by cluster, at most 4096 px a side
+    obs = result.adata.obs
+    image, labels = shrink_for_display(result.image, result.labels, MAX_OVERLAY_SIDE)
+    clusters = obs["cluster"].to_numpy(dtype=np.int64)
+    overlay = render_overlay(image, labels, obs["nucleus_id"].to_numpy(), clusters)
+    Image.fromarray(overlay).save(out / "overlay.png")
+    paths.append(out / "overlay.png")
+
+    if result.labels.size <= MAX_LABELS_PIXELS:
+        paths.append(write_labels(out / "labels.tif", result.labels, result.seg_mpp))
+    return paths
+
+
+def read_points_csv(path: str | Path):
+    """Points ``(n, 2)`` and the other columns of a CSV with ``x``, ``y`` columns."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"points file {path} does not exist")
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable CSV file ({err})") from err
+    missing = [c for c in ("x", "y") if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path} lacks column(s) {missing}; it has {list(table.columns)}. Give "
+            "nucleus centres as columns x, y in level-0 pixels"
+        )
+    points = table[["x", "y"]].apply(pd.to_numeric, errors="coerce").to_numpy()
+    if np.isnan(points).any():
+        row = int(np.isnan(points).any(axis=1).argmax())
+        raise ValueError(f"{path}: row {row + 2} has a non-numeric x or y")
+    return points.astype(np.float64), table.drop(columns=["x", "y"])
+
+
+# subcommands
+
+
+def _run_analysis(input_path, out: Path, args) -> int:
+    from .encoder import load_encoder
+    from .pipeline import analyze
+    from .slide import open_slide
+
+    start = time.perf_counter()
+    with open_slide(input_path, mpp=getattr(args, "mpp", None)) as slide:
+        encoder = load_encoder(args.model, args.device)
+        with StageBars() as bars:
+            result = analyze(
+                slide,
+                args.region,
+                encoder=encoder,
+                n_clusters=args.clusters,
+                batch_size=args.batch_size,
+                progress=bars,
+            )
+    write_outputs(result, out)
+
+    n = result.adata.n_obs
+    k = len(result.adata.obs["cluster"].cat.categories)
+    seconds = time.perf_counter() - start
+    print(f"{n:,} nuclei, {k} clusters, {seconds:.1f} s -> {out}/")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    return _run_analysis(args.input, Path(args.out), args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .sample_data import fetch_sample
+
+    return _run_analysis(fetch_sample(args.data_dir), Path(args.out), args)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .pipeline import run_steps, segmentation_steps
+    from .slide import open_slide
+
+    start = time.perf_counter()
+    if Path(args.out).suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"--out {args.out!r} must end in .tif or .tiff")
+    with open_slide(args.input, mpp=args.mpp) as slide, StageBars() as bars:
+        seg = run_steps(segmentation_steps(slide, args.region), bars)
+    write_labels(args.out, seg.nuclei.labels, seg.seg_mpp)
+
+    seconds = time.perf_counter() - start
+    print(f"{len(seg.nuclei):,} nuclei, {seconds:.1f} s -> {args.out}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .encoder import load_encoder
+    from .pipeline import embed_points
+    from .slide import open_slide
+    from .store import write_results
+
+    start = time.perf_counter()
+    points, extra = read_points_csv(args.points)
+    with open_slide(args.input, mpp=args.mpp) as slide, StageBars() as bars:
+        encoder = load_encoder(args.model, args.device)
+        adata = embed_points(
+            slide,
+            points,
+            encoder,
+            extra_obs=extra,
+            batch_size=args.batch_size,
+            progress=bars,
+        )
+    write_results(adata, args.out)
+
+    seconds = time.perf_counter() - start
+    print(f"{adata.n_obs:,} nuclei embedded, {seconds:.1f} s -> {args.out}")
+    return 0
+
+
+# parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="bundled",
+        help="encoder weights: 'bundled', a .safetensors or lemon.pth.tar file, "
+        "or an org/name hub id (default: bundled)",
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=256, help="crops per forward pass"
+    )
+
+
+def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    parser.add_argument(
+        "--clusters", type=positive_int, default=8, help="k-means clusters (default 8)"
+    )
+    _add_region_option(parser)
+
+
+def _add_region_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--region",
+        type=region_type,
+        default=None,
+        metavar="X,Y,W,H",
+        help="analyse only this rectangle, in level-0 pixels",
+    )
+
+
+def _add_mpp_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mpp",
+        type=positive_float,
+        default=None,
+        help="microns per pixel of level 0, for files that do not record it",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lemon`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="lemon", description="Find, embed and cluster nuclei in H&E slides."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = sub.add_parser("analyze", help="segment, embed and cluster nuclei")
+    analyze.add_argument("input", help="slide or image file")
+    analyze.add_argument("--out", required=True, help="output folder")
+    _add_mpp_option(analyze)
+    _add_analysis_options(analyze)
+    analyze.set_defaults(func=cmd_analyze)
+
+    segment = sub.add_parser("segment", help="write nucleus instance labels")
+    segment.add_argument("input", help="slide or image file")
+    segment.add_argument("--out", required=True, help="labels .tif to write")
+    _add_mpp_option(segment)
+    _add_region_option(segment)
+    segment.set_defaults(func=cmd_segment)
+
+    embed = sub.add_parser("embed", help="embed nuclei at given positions")
+    embed.add_argument("input", metavar="IMAGE", help="slide or image file")
+    embed.add_argument("--points", required=True, help="CSV with columns x, y")
+    embed.add_argument("--out", required=True, help=".h5ad file to write")
+    _add_mpp_option(embed)
+    _add_model_options(embed)
+    embed.set_defaults(func=cmd_embed)
+
+    demo = sub.add_parser("demo", help="analyse the CMU-1 sample slide")
+    demo.add_argument("--data-dir", default=None, help="folder holding the sample")
+    demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="output folder")
+    _add_analysis_options(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``lemon``; returns the exit status (0 ok, 2 for a user error)."""
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except USER_ERRORS as err:
+            print(f"lemon: error: {err}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Nucleus outlines coloured by cluster, drawn over the image, as an RGB picture.
+
+Used for the ``overlay.png`` of ``lemon analyze``; napari draws its own layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# the 10 strong colours of the "tab10" qualitative table, then their 10 light
+# companions from "tab20": distinct for up to 20 clusters
+TAB20_ORDERED = np.array(
+    [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+        (174, 199, 232),
+        (255, 187, 120),
+        (152, 223, 138),
+        (255, 152, 150),
+        (197, 176, 213),
+        (196, 156, 148),
+        (247, 182, 210),
+        (199, 199, 199),
+        (219, 219, 141),
+        (158, 218, 229),
+    ],
+    dtype=np.uint8,
+)
+
+
+def cluster_palette(k: int) -> np.ndarray:
+    """Distinct colours for ``k`` clusters.
+
+    The first 20 come from the tab10/tab20 qualitative tables; beyond 20, hues
+    spaced by the golden angle at alternating lightness.
+
+    Returns
+    -------
+    ndarray of shape (k, 3), uint8
+    """
+    if k < 0:
+        raise ValueError(f"k={k!r} must be >= 0")
+    if k <= len(TAB20_ORDERED):
+        return TAB20_ORDERED[:k].copy()
+
+    from skimage.color import hsv2rgb
+
+    extra = np.arange(k - len(TAB20_ORDERED))
+    hue = (extra * 0.618033988749895) % 1.0
+    value = np.where(extra % 2, 0.65, 0.95)
+    hsv = np.stack([hue, np.full_like(hue, 0.75), value], axis=1)
+    rgb = np.rint(hsv2rgb(hsv[None])[0] * 255).astype(np.uint8)
+    return np.concatenate([TAB20_ORDERED, rgb])
+
+
+def shrink_for_display(
+    image: np.ndarray, labels: np.ndarray, max_side: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink an image and its labels by a whole factor so neither side > max_side.
+
+    Labels are subsampled (nearest), the image is resampled with anti-aliasing to
+    the same shape, so outlines drawn afterwards stay one pixel wide.
+
+    Returns
+    -------
+    image : ndarray of shape (rows', cols', 3), uint8
+    labels : ndarray of shape (rows', cols'), same dtype as ``labels``
+    """
+    from .slide import resize_rgb
+
+    step = math.ceil(max(labels.shape) / max_side) if labels.size else 1
+    if step <= 1:
+        return image, labels
+    labels = labels[::step, ::step]
+    return resize_rgb(image, labels.shape), labels
+
+
+def boundary_rings(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """Inner boundary pixels of each labelled object, ``thickness`` pixels deep.
+
+    Returns
+    -------
+    ndarray of shape (rows, cols), bool
+    """
+    from skimage.segmentation import find_boundaries
+
+    mask = np.zeros(labels.shape, dtype=bool)
+    remaining = labels.copy()
+    for _ in range(max(1, int(thickness))):
+        ring = find_boundaries(remaining, mode="inner") & (remaining > 0)
+        mask |= ring
+        remaining[ring] = 0
+    return mask
+
+
+def render_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    label_ids: np.ndarray,
+    values: np.ndarray,
+    palette: np.ndarray | None = None,
+    thickness: int = 1,
+) -> np.ndarray:
+    """Draw nucleus outlines over ``image``, coloured by an integer per nucleus.
+
+    Parameters
+    ----------
+    image : ndarray of shape (rows, cols, 3), uint8
+        The RGB image the labels were made on.
+    labels : ndarray of shape (rows, cols), int
+        Instance labels, 0 = background.
+    label_ids : ndarray of shape (n,), int
+        The label of each nucleus.
+    values : ndarray of shape (n,), int
+        Cluster of each nucleus; nucleus ``i`` is drawn in
+        ``palette[values[i] % len(palette)]``. Negative values and labels not in
+        ``label_ids`` are not drawn.
+    palette : ndarray of shape (k, 3), uint8, optional
+        Default :func:`cluster_palette` of ``max(values) + 1`` colours.
+    thickness : int
+        Outline width in pixels, drawn inside each nucleus.
+
+    Returns
+    -------
+    ndarray of shape (rows, cols, 3), uint8
+        A copy of ``image`` with the outlines drawn in.
+    """
+    label_ids = np.asarray(label_ids, dtype=np.int64).ravel()
+    values = np.asarray(values, dtype=np.int64).ravel()
+    if image.ndim != 3 or image.shape[:2] != labels.shape:
+        raise ValueError(
+            f"image has shape {image.shape} and labels {labels.shape}; expected "
+            "(rows, cols, 3) and (rows, cols)"
+        )
+    if label_ids.shape != values.shape:
+        raise ValueError(
+            f"label_ids has shape {label_ids.shape} but values {values.shape}; "
+            "give one value per label"
+        )
+    out = np.array(image[..., :3], dtype=np.uint8, copy=True)
+    if len(label_ids) == 0:
+        return out
+
+    # value of each label, -1 = not drawn
+    if palette is None:
+        palette = cluster_palette(max(int(values.max()) + 1, 1))
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    lookup = np.full(max(int(labels.max()), int(label_ids.max())) + 1, -1, np.int64)
+    lookup[label_ids] = values
+
+    # colour the rings
+    ring = boundary_rings(labels, thickness)
+    ring_values = lookup[labels[ring]]
+    drawn = ring_values >= 0
+    rows, cols = np.nonzero(ring)
+    out[rows[drawn], cols[drawn]] = palette[ring_values[drawn] % len(palette)]
+    return out

@@ -1,0 +1,344 @@
+"""Slide reading: synthetic pyramids written here, and real slides from shared data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from tifffile.zarr import ZarrTiffStore
+
+from napari_lemon.slide import (
+    IMAGE_SUFFIXES,
+    SLIDE_SUFFIXES,
+    Slide,
+    SlideError,
+    open_slide,
+    require_mpp,
+)
+
+WIDTH, HEIGHT, MPP = 800, 600, 0.25
+
+
+def make_rgb(rows: int = HEIGHT, cols: int = WIDTH, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB image (smooth so that downsampled levels are close)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (rows // 50 + 1, cols // 50 + 1, 3), np.uint8)
+    return np.kron(coarse, np.ones((50, 50, 1), np.uint8))[:rows, :cols]
+
+
+def write_pyramid(path, image, layout="pages", unit="CENTIMETER", mpp=MPP, levels=3):
+    """A tiled, lossless pyramidal TIFF with ``levels`` levels halving each time."""
+    resolution = (1e4 / mpp, 1e4 / mpp) if unit == "CENTIMETER" else (72, 72)
+    options = dict(tile=(128, 128), photometric="rgb", compression="zlib")
+    with tifffile.TiffWriter(path) as tiff:
+        subifds = levels - 1 if layout == "subifds" else None
+        tiff.write(
+            image,
+            resolution=resolution,
+            resolutionunit=unit,
+            subifds=subifds,
+            **options,
+        )
+        for level in range(1, levels):
+            step = 2**level
+            tiff.write(image[::step, ::step], subfiletype=1, **options)
+    return path
+
+
+@pytest.fixture
+def pyramid_path(tmp_path):
+    return write_pyramid(tmp_path / "pyramid.tif", make_rgb())
+
+
+@pytest.fixture
+def zarr_reads(monkeypatch):
+    """Keys of the TIFF chunks decoded through zarr, recorded as they are read."""
+    keys: list[str] = []
+    original = ZarrTiffStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        if not key.rsplit("/", 1)[-1].startswith((".z", "zarr.json")):
+            keys.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(ZarrTiffStore, "get", counting_get)
+    return keys
+
+
+# --- synthetic pyramids ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["pages", "subifds"])
+def test_synthetic_pyramid_geometry_and_mpp(tmp_path, layout):
+    path = write_pyramid(tmp_path / f"{layout}.tif", make_rgb(), layout=layout)
+    with open_slide(path) as slide:
+        assert slide.dimensions == (WIDTH, HEIGHT)
+        assert slide.level_count == 3
+        assert slide.level_dimensions == ((800, 600), (400, 300), (200, 150))
+        assert slide.level_downsamples == pytest.approx((1.0, 2.0, 4.0))
+        assert slide.mpp == pytest.approx(MPP)
+
+
+def test_mpp_argument_overrides_the_file(pyramid_path):
+    assert open_slide(pyramid_path, mpp=0.5).mpp == 0.5
+
+
+def test_inch_resolution_tags_give_no_mpp(tmp_path):
+    """72 dpi from an ordinary image writer is not a microscope pixel size."""
+    path = write_pyramid(tmp_path / "screen.tif", make_rgb(), unit="INCH", levels=1)
+    assert open_slide(path).mpp is None
+
+
+def test_read_region_matches_each_level(pyramid_path):
+    image = make_rgb()
+    with open_slide(pyramid_path) as slide:
+        np.testing.assert_array_equal(
+            slide.read_region((100, 40), 0, (300, 200)), image[40:240, 100:400]
+        )
+        # location is level 0: (100, 40) is pixel (50, 20) of level 1
+        level1 = image[::2, ::2]
+        np.testing.assert_array_equal(
+            slide.read_region((100, 40), 1, (64, 32)), level1[20:52, 50:114]
+        )
+
+
+def test_read_region_pads_outside_the_slide_with_white(pyramid_path):
+    image = make_rgb()
+    with open_slide(pyramid_path) as slide:
+        region = slide.read_region((-10, -20), 0, (30, 40))
+        corner = slide.read_region((WIDTH - 5, HEIGHT - 5), 0, (10, 10))
+        beyond = slide.read_region((5000, 5000), 2, (8, 8))
+    assert region.shape == (40, 30, 3) and region.dtype == np.uint8
+    assert (region[:20] == 255).all() and (region[:, :10] == 255).all()
+    np.testing.assert_array_equal(region[20:, 10:], image[:20, :20])
+    np.testing.assert_array_equal(corner[:5, :5], image[-5:, -5:])
+    assert (corner[5:] == 255).all() and (corner[:, 5:] == 255).all()
+    assert (beyond == 255).all()
+
+
+def test_read_region_rejects_a_bad_level(pyramid_path):
+    with pytest.raises(ValueError, match=r"level=5 out of range 0\.\.2"):
+        open_slide(pyramid_path).read_region((0, 0), 5, (10, 10))
+
+
+def test_read_region_rejects_a_negative_size(pyramid_path):
+    with pytest.raises(ValueError, match=r"size=\(-1, 10\)"):
+        open_slide(pyramid_path).read_region((0, 0), 0, (-1, 10))
+
+
+@pytest.mark.parametrize(
+    ("target", "level"),
+    [(0.1, 0), (0.25, 0), (0.45, 0), (0.499, 1), (0.5, 1), (0.99, 1), (1.0, 2), (9, 2)],
+)
+def test_best_level_for_mpp_is_the_coarsest_fine_enough(pyramid_path, target, level):
+    assert open_slide(pyramid_path).best_level_for_mpp(target) == level
+
+
+def test_best_level_for_mpp_is_zero_without_slide_mpp(tmp_path):
+    path = write_pyramid(tmp_path / "nompp.tif", make_rgb(), unit="INCH")
+    assert open_slide(path).best_level_for_mpp(2.0) == 0
+
+
+def test_read_region_at_mpp_shapes_and_values(pyramid_path):
+    image = make_rgb()
+    with open_slide(pyramid_path) as slide:
+        same = slide.read_region_at_mpp((0, 0), (800, 600), 0.25)
+        half = slide.read_region_at_mpp((200, 100), (400, 300), 0.5)
+        odd = slide.read_region_at_mpp((0, 0), (800, 600), 0.3)
+    np.testing.assert_array_equal(same, image)
+    np.testing.assert_array_equal(half, image[::2, ::2][50:200, 100:300])
+    assert odd.shape == (500, 667, 3) and odd.dtype == np.uint8
+    # resampling keeps the colours: compare block means away from block edges
+    assert abs(float(odd.mean()) - float(image.mean())) < 2
+
+
+def test_read_region_at_mpp_requires_mpp(tmp_path):
+    path = write_pyramid(tmp_path / "nompp.tif", make_rgb(), unit="INCH", levels=1)
+    with pytest.raises(SlideError, match="'nompp.tif' records no pixel size"):
+        open_slide(path).read_region_at_mpp((0, 0), (10, 10), 0.5)
+
+
+def test_pyramid_is_lazy_and_matches_read_region(pyramid_path, zarr_reads):
+    slide = open_slide(pyramid_path)
+    reads_at_open = len(zarr_reads)
+    levels = slide.pyramid()
+    assert len(zarr_reads) == reads_at_open
+
+    assert [level.shape for level in levels] == [
+        (600, 800, 3),
+        (300, 400, 3),
+        (150, 200, 3),
+    ]
+    assert all(level.dtype == np.uint8 for level in levels)
+    np.testing.assert_array_equal(
+        levels[1][20:52, 50:114].compute(), slide.read_region((100, 40), 1, (64, 32))
+    )
+    assert len(zarr_reads) > reads_at_open
+
+
+def test_pyramid_of_a_plain_image_decodes_only_when_computed(tmp_path):
+    image = make_rgb(120, 90)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    slide = open_slide(tmp_path / "tile.png")
+    levels = slide.pyramid()
+    assert slide._levels._pixels is None
+    np.testing.assert_array_equal(levels[0].compute(), image)
+
+
+def test_thumbnail_keeps_the_aspect_ratio(pyramid_path):
+    with open_slide(pyramid_path) as slide:
+        assert slide.thumbnail(100).shape == (75, 100, 3)
+        assert slide.thumbnail(2000).shape == (600, 800, 3)
+
+
+# --- plain images ---------------------------------------------------------------
+
+
+def test_rgba_png_is_composited_onto_white(tmp_path):
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:5, ..., 3] = 255  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    region = open_slide(tmp_path / "rgba.png").read_region((0, 0), 0, (12, 10))
+    np.testing.assert_array_equal(region[:5], np.broadcast_to([200, 0, 0], (5, 12, 3)))
+    assert (region[5:] == 255).all()
+
+
+def test_grey_png_becomes_rgb(tmp_path):
+    grey = np.arange(120, dtype=np.uint8).reshape(10, 12)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    region = open_slide(tmp_path / "grey.png").read_region((0, 0), 0, (12, 10))
+    np.testing.assert_array_equal(region, np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_16_bit_tiff_is_scaled_with_a_warning(tmp_path):
+    grey = np.linspace(0, 4000, 20 * 30).reshape(20, 30).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", grey)
+    with pytest.warns(UserWarning, match="'deep.tif' stores uint16 pixels"):
+        slide = open_slide(tmp_path / "deep.tif")
+    region = slide.read_region((0, 0), 0, (30, 20))
+    assert region.dtype == np.uint8 and region.shape == (20, 30, 3)
+    assert region.max() == 255 and region.min() == 0
+    np.testing.assert_allclose(region[..., 1], grey / 4000 * 255, atol=0.51)
+
+
+# --- errors ---------------------------------------------------------------------
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.svs"):
+        open_slide(tmp_path / "nowhere.svs")
+
+
+@pytest.mark.parametrize("name", ["notes.svs", "notes.png"])
+def test_text_file_with_a_slide_suffix_raises_slide_error(tmp_path, name):
+    (tmp_path / name).write_text("not an image")
+    with pytest.raises(SlideError, match=rf"'.*{name}' is not a readable.*\.svs"):
+        open_slide(tmp_path / name)
+
+
+def test_unsupported_suffix_lists_supported_formats(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(SlideError, match=r"notes.txt.*'\.txt'.*\.svs, .*\.png"):
+        open_slide(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize(("name", "kind"), [("a.mrxs", "MIRAX"), ("b.dcm", "DICOM")])
+def test_mrxs_and_dicom_ask_for_ome_tiff(tmp_path, name, kind):
+    (tmp_path / name).write_bytes(b"\0" * 16)
+    with pytest.raises(
+        SlideError, match=rf"{name}.*tiffslide cannot read.*{kind}.*OME"
+    ):
+        open_slide(tmp_path / name)
+
+
+def test_a_folder_asks_for_ome_tiff(tmp_path):
+    with pytest.raises(SlideError, match="tiffslide cannot read folder-based"):
+        open_slide(tmp_path)
+
+
+@pytest.mark.parametrize("mpp", [0, -0.5, float("nan")])
+def test_nonpositive_mpp_raises_value_error(pyramid_path, mpp):
+    with pytest.raises(ValueError, match=r"mpp=.* must be a positive number"):
+        open_slide(pyramid_path, mpp=mpp)
+    with pytest.raises(ValueError, match=r"mpp=.* must be a positive number"):
+        open_slide(pyramid_path).best_level_for_mpp(mpp)
+
+
+def test_truncated_tiles_raise_slide_error_naming_the_file(tmp_path):
+    whole = write_pyramid(tmp_path / "whole.tif", make_rgb()).read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(SlideError, match="cut.tif"):
+        open_slide(cut).read_region((0, 0), 0, (WIDTH, HEIGHT))
+
+
+def test_suffix_lists_are_lowercase_and_disjoint():
+    assert all(s.startswith(".") and s == s.lower() for s in SLIDE_SUFFIXES)
+    assert not set(SLIDE_SUFFIXES) & set(IMAGE_SUFFIXES)
+
+
+# --- real slides ----------------------------------------------------------------
+
+
+def test_cmu1_svs(shared_data):
+    with open_slide(shared_data / "wsi" / "CMU-1-Small-Region.svs") as slide:
+        assert slide.dimensions == (2220, 2967)
+        assert slide.level_count == 1
+        assert slide.mpp == pytest.approx(0.499)
+        region = slide.read_region((1000, 1000), 0, (256, 128))
+        half = slide.read_region_at_mpp((0, 0), (2220, 2967), 0.998)
+    assert region.shape == (128, 256, 3) and 50 < region.mean() < 250
+    assert half.shape == (1484, 1110, 3)
+
+
+def test_derived_pyramid_levels_agree(shared_data):
+    path = shared_data / "wsi" / "CMU-1-Small-Region_pyramid_DERIVED.tiff"
+    with open_slide(path) as slide:
+        assert slide.level_count == 4 and slide.mpp == pytest.approx(0.499)
+        assert slide.best_level_for_mpp(2.0) == 2
+        assert slide.best_level_for_mpp(0.25) == 0
+        fine = slide.read_region((400, 400), 0, (800, 800)).astype(float)
+        coarse = slide.read_region((400, 400), 2, (200, 200)).astype(float)
+    pooled = fine.reshape(200, 4, 200, 4, 3).mean(axis=(1, 3))
+    assert np.abs(pooled - coarse).mean() < 10
+
+
+def test_truncated_real_svs_raises_slide_error(shared_data, tmp_path):
+    data = (shared_data / "wsi" / "CMU-1-Small-Region.svs").read_bytes()
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match="cut.svs"):
+        open_slide(cut)
+
+
+def test_jpeg2000_tcga_slide_reads_but_has_no_mpp(shared_data):
+    with open_slide(shared_data / "wsi" / "tcga-cr-7395-01a-01-ts1.svs") as slide:
+        assert slide.level_count == 2 and slide.mpp is None
+        region = slide.read_region((0, 0), 1, slide.level_dimensions[1])
+        with pytest.raises(
+            SlideError, match="'tcga-cr-7395-01a-01-ts1.svs' records no"
+        ):
+            require_mpp(slide)
+    assert region.shape == (1783, 2221, 3) and region.std() > 5
+
+
+def test_monuseg_tile_and_crc_png_open_as_plain_images(shared_data):
+    tile = next(
+        iter(sorted((shared_data / "monuseg" / "test" / "images").glob("*.tif")))
+    )
+    with open_slide(tile) as slide:
+        assert slide.dimensions == (1000, 1000) and slide.level_count == 1
+        assert slide.mpp is None  # 72 dpi tags are ignored
+        np.testing.assert_array_equal(
+            slide.read_region((0, 0), 0, (1000, 1000)), tifffile.imread(tile)
+        )
+    crc = open_slide(shared_data / "crc" / "images" / "img1.png", mpp=0.5)
+    assert crc.dimensions == (500, 500) and crc.mpp == 0.5
+    assert crc.read_region_at_mpp((0, 0), (500, 500), 0.25).shape == (1000, 1000, 3)
+
+
+def test_slide_class_opens_directly(pyramid_path):
+    slide = Slide(pyramid_path, mpp=0.3)
+    assert slide.mpp == 0.3 and "pyramid.tif" in repr(slide)

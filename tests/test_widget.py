@@ -1,0 +1,249 @@
+"""The "LEMON nuclei" panel in a real napari viewer (needs a display: xvfb-run -a)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+if sys.platform.startswith("linux") and not (
+    os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+):
+    pytest.skip(
+        "napari's canvas needs a display: run the tests under `xvfb-run -a`",
+        allow_module_level=True,
+    )
+
+from napari.layers import Image, Points, Shapes  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_lemon._widgets import AnalysisWidget  # noqa: E402
+from napari_lemon._widgets import analysis_widget as aw  # noqa: E402
+from napari_lemon._widgets._source import write_layer_tiff  # noqa: E402
+from napari_lemon.slide import open_slide  # noqa: E402
+
+CMU1 = "CMU-1-Small-Region.svs"
+CMU1_MPP = 0.499
+# 600 x 600 level-0 px of epidermis: a few hundred nuclei
+REGION = (1050, 1600, 600, 600)
+RUN_TIMEOUT_MS = 300_000
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def cmu1_layer(viewer, shared_data):
+    """CMU-1 opened through the napari-lemon reader, as napari would."""
+    [layer] = viewer.open(shared_data / "wsi" / CMU1, plugin="napari-lemon")
+    return layer
+
+
+@pytest.fixture
+def widget(viewer, qtbot):
+    panel = AnalysisWidget(viewer)
+    viewer.window.add_dock_widget(panel, name="LEMON nuclei")
+    yield panel
+    if panel.worker is not None:  # never leave a thread running past a test
+        panel.cancel()
+        qtbot.waitUntil(lambda: panel.worker is None, timeout=RUN_TIMEOUT_MS)
+
+
+def draw_rectangle(viewer, region, mpp):
+    """A Shapes layer in microns holding one rectangle over level-0 ``region``."""
+    x, y, width, height = region
+    corners_um = np.array([[y, x], [y + height, x + width]]) * mpp
+    return viewer.add_shapes([corners_um], shape_type="rectangle", name="region")
+
+
+def use_model_file(widget, path):
+    widget._model.value = aw.FROM_FILE
+    widget._model_file.value = path
+
+
+def new_messages(start):
+    return [str(n.message) for n in notification_manager.records[start:]]
+
+
+def test_panel_lists_rgb_layers_and_prefills_mpp(viewer, widget, cmu1_layer):
+    viewer.add_image(np.zeros((10, 10), np.uint8), name="grey")
+
+    assert widget._image.choices == (cmu1_layer,)
+    assert widget._image.value is cmu1_layer
+    assert widget._mpp.value == pytest.approx(CMU1_MPP, abs=1e-4)
+
+
+def test_mpp_comes_from_a_physical_layer_scale(viewer, widget):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    viewer.add_image(rgb, rgb=True, scale=(0.25, 0.25), units=("um", "um"))
+
+    assert widget._mpp.value == pytest.approx(0.25)
+
+
+def test_rectangle_region_is_in_level0_pixels(viewer, widget, cmu1_layer):
+    draw_rectangle(viewer, REGION, CMU1_MPP)
+    widget._region.value = aw.RECTANGLE
+
+    region = widget.region_of(cmu1_layer)
+
+    np.testing.assert_allclose(region, REGION, atol=1)
+
+
+def test_current_view_region_follows_the_camera(viewer, widget, cmu1_layer):
+    viewer.camera.center = (1500 * CMU1_MPP, 1000 * CMU1_MPP)
+    viewer.camera.zoom = 2.0  # canvas px per micron
+    widget._region.value = aw.VIEW
+
+    x, y, width, height = widget.region_of(cmu1_layer)
+    rows, cols = viewer.canvas.size
+
+    assert (x + width / 2, y + height / 2) == pytest.approx((1000, 1500), abs=1)
+    expected = (cols / 2.0 / CMU1_MPP, rows / 2.0 / CMU1_MPP)
+    assert (width, height) == pytest.approx(expected, abs=1)
+
+
+def test_missing_rectangle_is_reported_and_nothing_runs(viewer, widget, cmu1_layer):
+    widget._region.value = aw.RECTANGLE
+    start = len(notification_manager.records)
+
+    widget.run()
+
+    assert widget.worker is None
+    assert any("no rectangle in any Shapes layer" in m for m in new_messages(start))
+
+
+def test_no_mpp_shows_an_error_and_adds_no_layer(viewer, widget, shared_data):
+    with pytest.warns(UserWarning, match="no pixel size"):
+        viewer.open(
+            shared_data / "wsi" / "tcga-cr-7395-01a-01-ts1.svs", plugin="napari-lemon"
+        )
+    assert widget._mpp.value == 0
+    start, n_layers = len(notification_manager.records), len(viewer.layers)
+
+    widget.run()
+
+    assert widget.worker is None and len(viewer.layers) == n_layers
+    assert any("mpp is unknown" in m for m in new_messages(start))
+    assert widget._run.enabled
+
+
+def test_worker_error_is_shown_and_the_panel_stays_usable(
+    viewer, widget, cmu1_layer, qtbot, tmp_path
+):
+    bad_model = tmp_path / "broken.safetensors"
+    bad_model.write_bytes(b"not a checkpoint")
+    use_model_file(widget, bad_model)
+    start, n_layers = len(notification_manager.records), len(viewer.layers)
+
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+
+    messages = new_messages(start)
+    assert any("LEMON analysis failed" in m and "broken" in m for m in messages)
+    assert len(viewer.layers) == n_layers
+    assert widget._run.enabled and not widget._cancel.enabled
+
+
+def test_run_on_a_drawn_rectangle_adds_clustered_nuclei(
+    viewer, widget, cmu1_layer, qtbot, random_encoder_path, tmp_path
+):
+    draw_rectangle(viewer, REGION, CMU1_MPP)
+    widget._region.value = aw.RECTANGLE
+    widget._clusters.value = 4
+    use_model_file(widget, random_encoder_path)
+
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+
+    # one points layer whose features are the obs table, on the image
+    [nuclei] = [layer for layer in viewer.layers if isinstance(layer, Points)]
+    features = nuclei.features
+    assert {"cluster", "x", "y", "area_um2"} <= set(features.columns)
+    assert len(nuclei.data) == len(features) > 50
+    assert set(features["cluster"]) <= {"0", "1", "2", "3"}
+    np.testing.assert_allclose(nuclei.data, features[["y", "x"]].to_numpy())
+    np.testing.assert_allclose(nuclei.scale, cmu1_layer.scale)
+
+    # nuclei lie inside the rectangle; one colour per cluster
+    x, y, width, height = REGION
+    assert features["x"].between(x - 1, x + width + 1).all()
+    assert features["y"].between(y - 1, y + height + 1).all()
+    colours = {tuple(c) for c in np.round(nuclei.face_color, 3)}
+    assert len(colours) == features["cluster"].nunique()
+
+    # outlines, and the results kept for saving
+    assert any(
+        isinstance(layer, Shapes) and "outlines" in layer.name
+        for layer in viewer.layers
+    )
+    adata = nuclei.metadata["lemon_adata"]
+    assert adata.n_obs == len(features)
+    saved = widget.save_results(tmp_path / "cmu1.h5ad")
+    assert saved.is_file()
+
+
+def test_cancel_stops_the_worker_without_adding_layers(
+    viewer, widget, cmu1_layer, qtbot, random_encoder_path
+):
+    use_model_file(widget, random_encoder_path)
+    n_layers = len(viewer.layers)
+    aborted = []
+
+    widget.run()
+    widget.worker.aborted.connect(lambda: aborted.append(True))
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+
+    assert aborted == [True]
+    assert len(viewer.layers) == n_layers
+    assert widget._run.enabled and widget._status.value == "cancelled"
+
+
+def test_save_without_results_is_reported(widget):
+    start = len(notification_manager.records)
+
+    assert widget.save_results() is None
+
+    assert any("No LEMON results" in m for m in new_messages(start))
+
+
+def test_plain_layer_is_written_to_a_tiff_with_its_mpp(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 200, 4), np.uint8)
+
+    path = write_layer_tiff(pixels, 0.25, tmp_path / "layer.tif")
+
+    with open_slide(path) as slide:
+        assert slide.dimensions == (200, 300)
+        assert slide.mpp == pytest.approx(0.25, rel=1e-3)
+        np.testing.assert_array_equal(
+            slide.read_region((0, 0), 0, (200, 300)), pixels[..., :3]
+        )
+
+
+def test_layer_tiff_refuses_non_rgb_data(tmp_path):
+    with pytest.raises(ValueError, match="is not an RGB image"):
+        write_layer_tiff(np.zeros((10, 10), np.float32), 0.25, tmp_path / "x.tif")
+
+
+def test_plain_rgb_layer_runs_through_a_temporary_tiff(
+    viewer, widget, qtbot, shared_data, random_encoder_path
+):
+    with open_slide(shared_data / "wsi" / CMU1) as slide:
+        pixels = slide.read_region(REGION[:2], 0, REGION[2:])
+    layer = viewer.add_image(pixels, rgb=True, name="crop")
+    assert isinstance(layer, Image) and widget._mpp.value == 0
+    widget._image.value = layer
+    widget._mpp.value = CMU1_MPP
+    widget._outlines.value = False
+    use_model_file(widget, random_encoder_path)
+
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+
+    [nuclei] = [lay for lay in viewer.layers if isinstance(lay, Points)]
+    assert len(nuclei.data) > 50
+    assert nuclei.features["x"].between(0, REGION[2]).all()
