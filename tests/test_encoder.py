@@ -44,7 +44,7 @@ def reference_forward(model, crops, mean=MEAN, std=STD):
 
 
 def write_official(folder, model, mean_std=True, scale=1.0):
-    """A checkpoint in the MoCo v3 layout: base + momentum encoders, heads, optimiser."""
+    """A checkpoint in the MoCo v3 layout: both encoders, heads, predictor."""
     state = {f"module.base_encoder.{k}": v for k, v in model.state_dict().items()}
     state.update(
         {f"module.momentum_encoder.{k}": v for k, v in model.state_dict().items()}
@@ -177,6 +177,41 @@ def test_non_checkpoint_file_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         load_encoder(path, device="cpu")
+
+
+def test_hub_id_downloads_the_official_pair(tmp_path, source_model, crops, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
+    write_official(tmp_path, source_model)
+    asked = []
+
+    def fake_download(repo_id, filename):
+        asked.append((repo_id, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    encoder = load_encoder("official", device="cpu")
+
+    assert asked == [
+        ("aliceblondel/LEMON", "lemon.pth.tar"),
+        ("aliceblondel/LEMON", "mean_std.json"),
+    ]
+    np.testing.assert_allclose(
+        encoder.embed(crops), reference_forward(source_model, crops), atol=1e-5
+    )
+
+
+def test_unreachable_hub_gives_a_clear_error(monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
+    def offline(repo_id, filename):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(CheckpointError, match="download it by hand"):
+        load_encoder("someone/weights", device="cpu")
 
 
 def test_missing_mean_std_warns(tmp_path, source_model):

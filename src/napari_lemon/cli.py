@@ -190,10 +190,11 @@ def read_points_csv(path: str | Path):
 def _run_analysis(input_path, out: Path, args) -> int:
     from .encoder import load_encoder
     from .pipeline import analyze
-    from .slide import open_slide
+    from .slide import open_slide, require_mpp
 
     start = time.perf_counter()
     with open_slide(input_path, mpp=getattr(args, "mpp", None)) as slide:
+        require_mpp(slide)  # before the slower model loading
         encoder = load_encoder(args.model, args.device)
         with StageBars() as bars:
             result = analyze(
@@ -242,12 +243,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from .encoder import load_encoder
     from .pipeline import embed_points
-    from .slide import open_slide
+    from .slide import open_slide, require_mpp
     from .store import write_results
 
     start = time.perf_counter()
     points, extra = read_points_csv(args.points)
     with open_slide(args.input, mpp=args.mpp) as slide, StageBars() as bars:
+        require_mpp(slide)
         encoder = load_encoder(args.model, args.device)
         adata = embed_points(
             slide,

@@ -40,6 +40,7 @@ BUNDLED_NAME = "lemon_bundled"
 OFFICIAL_PREFIX = "module.base_encoder."
 OFFICIAL_CHECKPOINT = "lemon.pth.tar"
 OFFICIAL_MEAN_STD = "mean_std.json"
+OFFICIAL_HUB_ID = "aliceblondel/LEMON"  # Chadoutaud et al., arXiv:2603.25802
 
 # ImageNet statistics: only a fallback when a card or mean_std.json gives none
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -121,11 +122,16 @@ def sincos_position_embedding(
     return table[None].astype(np.float32)
 
 
-def create_vit(card: EncoderCard | None = None) -> torch.nn.Module:
+def create_vit(
+    card: EncoderCard | None = None, weight_init: str = ""
+) -> torch.nn.Module:
     """Build the encoder network described by ``card`` (default: LEMON ViT-S/8).
 
     The output of ``model(x)`` for ``x`` of shape (n, 3, 40, 40) is the class token
     after the final norm, shape (n, embed_dim).
+
+    ``weight_init`` is timm's: ``""`` (its default random init) for training,
+    ``"skip"`` when a checkpoint will overwrite every weight (3-4 s faster).
     """
     import torch
     from timm.models.vision_transformer import VisionTransformer
@@ -153,6 +159,7 @@ def create_vit(card: EncoderCard | None = None) -> torch.nn.Module:
         num_classes=0,
         global_pool="token",
         class_token=True,
+        weight_init=weight_init,
     )
 
     # the position embedding is fixed, not learned (MoCo v3)
@@ -348,7 +355,7 @@ def load_safetensors(path: str | Path, device: str = "auto") -> Encoder:
             stacklevel=2,
         )
 
-    model = create_vit(card)
+    model = create_vit(card, weight_init="skip")
     state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("head")}
     _load_into(model, state, path)
     return Encoder(model, card, device)
@@ -426,7 +433,7 @@ def load_official(
         )
     card.sha256 = file_sha256(checkpoint)
 
-    model = create_vit(card)
+    model = create_vit(card, weight_init="skip")
     _load_into(model, encoder_state, checkpoint)
     return Encoder(model, card, device)
 
@@ -458,11 +465,14 @@ def load_encoder(model: str | Path = "bundled", device: str = "auto") -> Encoder
     Parameters
     ----------
     model : str or Path
-        ``"bundled"``; a ``.safetensors`` file with its card; a ``lemon.pth.tar``
-        (or a folder holding it and ``mean_std.json``); or ``"org/name"`` hub id.
+        ``"bundled"``; ``"official"`` (the LEMON release on the model hub); a
+        ``.safetensors`` file with its card; a ``lemon.pth.tar`` (or a folder
+        holding it and ``mean_std.json``); or an ``"org/name"`` hub id.
     device : str
         ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
     """
+    if str(model) == "official":
+        return load_from_hub(OFFICIAL_HUB_ID, device)
     if str(model) == "bundled":
         path = WEIGHTS_DIR / f"{BUNDLED_NAME}.safetensors"
         if not path.is_file():
@@ -484,7 +494,7 @@ def load_encoder(model: str | Path = "bundled", device: str = "auto") -> Encoder
     if not path.exists() and str(model).count("/") == 1 and not path.suffix:
         return load_from_hub(str(model), device)
     raise FileNotFoundError(
-        f"model={str(model)!r} is neither 'bundled', an existing weights file "
+        f"model={str(model)!r} is neither 'bundled', 'official', a weights file "
         "(.safetensors with its .json card, or lemon.pth.tar), nor an 'org/name' "
         "hub id"
     )

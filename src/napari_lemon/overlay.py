@@ -10,29 +10,30 @@ import math
 import numpy as np
 
 # the 10 strong colours of the "tab10" qualitative table, then their 10 light
-# companions from "tab20": distinct for up to 20 clusters
+# companions from "tab20": distinct for up to 20 clusters. NOTE: purple, pink and
+# grey come last among the strong ones: they vanish against H&E stain.
 TAB20_ORDERED = np.array(
     [
         (31, 119, 180),
         (255, 127, 14),
         (44, 160, 44),
         (214, 39, 40),
-        (148, 103, 189),
+        (23, 190, 207),
+        (188, 189, 34),
         (140, 86, 75),
+        (148, 103, 189),
         (227, 119, 194),
         (127, 127, 127),
-        (188, 189, 34),
-        (23, 190, 207),
         (174, 199, 232),
         (255, 187, 120),
         (152, 223, 138),
         (255, 152, 150),
-        (197, 176, 213),
+        (158, 218, 229),
+        (219, 219, 141),
         (196, 156, 148),
+        (197, 176, 213),
         (247, 182, 210),
         (199, 199, 199),
-        (219, 219, 141),
-        (158, 218, 229),
     ],
     dtype=np.uint8,
 )

@@ -38,6 +38,7 @@ Progress = tuple[str, int, int]
 STAGES = ("read", "segment", "crop", "embed", "cluster")
 SEG_MPP = 0.5  # finest pyramid level not finer than this is segmented by default
 MAX_SEG_PIXELS = 100_000_000  # regions larger than this need tiling (not yet)
+COARSEST_SEG_MPP = 1.0  # coarser than a 10x scan, nuclei merge and vanish
 CROP_CHUNK = 2048  # nuclei cropped per slide read
 
 
@@ -227,8 +228,16 @@ def segmentation_steps(
     yield ("read", 1, 1)
 
     # segment at the scale actually read
+    yield ("segment", 0, 1)
     params = dict(segmenter_params or {})
     seg_mpp = mpp * scale[0]
+    if seg_mpp > COARSEST_SEG_MPP:
+        warnings.warn(
+            f"segmenting '{slide.path.name}' at {seg_mpp:.3g} um/px: nuclei are "
+            "barely resolved this coarse and many will be missed; use a 20x or 40x "
+            "scan, or check --mpp",
+            stacklevel=2,
+        )
     nuclei = segment_nuclei(image, seg_mpp, segmenter=segmenter, **params)
     logger.debug("%d nuclei in %s at %.3f um/px", len(nuclei), region, seg_mpp)
     yield ("segment", 1, 1)
@@ -254,8 +263,7 @@ def crop_steps(
     n = len(centroids_xy)
     crops = np.empty((n, size, size, 3), dtype=np.uint8)
     order = np.lexsort((centroids_xy[:, 0], centroids_xy[:, 1]))
-    if n == 0:
-        yield ("crop", 0, 0)
+    yield ("crop", 0, n)
     for start in range(0, n, CROP_CHUNK):
         chunk = order[start : start + CROP_CHUNK]
         crops[chunk] = crop_nuclei_from_slide(
@@ -278,8 +286,7 @@ def embed_steps(
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     n = len(crops)
     out = np.empty((n, encoder.embed_dim), dtype=np.float32)
-    if n == 0:
-        yield ("embed", 0, 0)
+    yield ("embed", 0, n)
     for start in range(0, n, batch_size):
         batch = crops[start : start + batch_size]
         out[start : start + len(batch)] = encoder.embed(batch, batch_size=batch_size)
@@ -351,6 +358,8 @@ def analysis_steps(
 
     if n_clusters < 1:
         raise ValueError(f"n_clusters={n_clusters!r} must be >= 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     encoder = _load(encoder, model, device)
     card = encoder.card
 
@@ -364,6 +373,7 @@ def analysis_steps(
     embeddings = yield from embed_steps(encoder, crops, batch_size)
 
     # clusters
+    yield ("cluster", 0, 1)
     clusters = np.empty(0, dtype=np.int64)
     if len(obs):
         clusters = cluster_kmeans(embeddings, n_clusters, seed)

@@ -289,7 +289,7 @@ class Slide:
         dtype = self._levels.dtype
         if dtype == np.uint8:
             return 1.0
-        if dtype == bool:
+        if dtype.kind == "b":
             return 255.0
 
         # scale by the maximum of the coarsest level (the whole image if single)

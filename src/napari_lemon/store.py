@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -277,15 +276,13 @@ def write_results(adata: AnnData, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     adata.uns.setdefault(PROVENANCE_KEY, {})["updated"] = now_iso()
 
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=".h5ad.part", dir=path.parent
-    )
-    os.close(fd)
+    # a hidden name beside the target, renamed once complete
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         adata.write_h5ad(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -11,7 +11,7 @@ import torch
 
 from lemon_training import fit as fit_module
 from lemon_training.export import export_run
-from lemon_training.fit import batch_indices, fit
+from lemon_training.fit import batch_indices, fit, progress
 from napari_lemon.encoder import load_encoder
 
 
@@ -51,6 +51,21 @@ def test_batches_cover_each_epoch_once_and_depend_on_the_step_only():
     np.testing.assert_array_equal(
         batch_indices(4, 24, 8, 3), batch_indices(4, 24, 8, 3)
     )
+
+
+def test_progress_follows_steps_or_the_time_budget_whichever_is_further():
+    state = {"step": 10, "seconds": 30.0}
+
+    assert progress(state, total=100, budget_s=None) == pytest.approx(0.1)
+    assert progress(state, total=100, budget_s=60.0) == pytest.approx(0.5)
+    assert progress({"step": 5, "seconds": 90.0}, 100, 60.0) == 1.0
+
+
+def test_time_budget_ends_the_run_with_the_schedule_complete(crop_folder, tmp_path):
+    run = fit(tiny_config(crop_folder, tmp_path / "run", steps=1000, max_minutes=1e-4))
+
+    final = torch.load(run / "final.pt", weights_only=False)["state"]
+    assert final["step"] < 1000 and final["seconds"] >= 60 * 1e-4
 
 
 def test_fit_writes_config_metrics_and_final_state(crop_folder, tmp_path):

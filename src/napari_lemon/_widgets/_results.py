@@ -103,7 +103,7 @@ def nuclei_layer_data(
         "features": features,
         "size": nucleus_diameters_px(obs, mpp),
         "border_width": 0,
-        "opacity": 0.8,
+        "opacity": 0.6,  # the nucleus stays visible under its point
         **placement_of(layer),
     }
 

@@ -11,7 +11,6 @@ the level-0 pixels of the slide file.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
 
 Region = tuple[int, int, int, int]
 TIFF_TILE = 256
+SNAP_PX = 1e-3  # float32 shapes and micron round trips are off by ~1e-5 px
 
 
 def layer_mpp(layer: Image) -> float | None:
@@ -103,8 +103,9 @@ def clip_region(corners_rc: np.ndarray, shape: tuple[int, int]) -> Region:
     (x, y, width, height)
         Level-0 pixels.
     """
-    low = np.floor(corners_rc.min(axis=0)).astype(int)
-    high = np.ceil(corners_rc.max(axis=0)).astype(int)
+    # round outwards, but not past an integer missed by float error (e.g. 999.99999)
+    low = np.floor(corners_rc.min(axis=0) + SNAP_PX).astype(int)
+    high = np.ceil(corners_rc.max(axis=0) - SNAP_PX).astype(int)
     row0, col0 = max(low[0], 0), max(low[1], 0)
     row1, col1 = min(high[0], shape[0]), min(high[1], shape[1])
     if row1 <= row0 or col1 <= col0:
@@ -158,9 +159,3 @@ def rectangle_region(layer: Image, shapes: Shapes, index: int) -> Region:
     world = [shapes.data_to_world(v) for v in vertices]
     data = np.array([layer.world_to_data(w)[-2:] for w in world])
     return clip_region(data, level0_shape(layer))
-
-
-def round_region(region: Sequence[float]) -> Region:
-    """``(x, y, width, height)`` as ints (for display and provenance)."""
-    x, y, width, height = region
-    return math.floor(x), math.floor(y), math.ceil(width), math.ceil(height)

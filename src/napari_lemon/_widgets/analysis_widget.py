@@ -34,7 +34,9 @@ from napari.utils.notifications import (
 )
 from superqt.utils import GeneratorWorker
 
+from .._reader import SLIDE_PATH_KEY
 from . import _results, _source
+from ._gl_safety import block_triton_after_gl_llvm
 
 if TYPE_CHECKING:
     import napari
@@ -91,6 +93,7 @@ class AnalysisWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
+        block_triton_after_gl_llvm()  # before anything imports torch here
         self._viewer = viewer
         self._worker: Any = None
         self._progress: progress | None = None
@@ -156,7 +159,8 @@ class AnalysisWidget(Container):
     def region_of(self, layer: Image) -> tuple[int, int, int, int] | None:
         """The level-0 ``(x, y, width, height)`` chosen in "region" (None: whole)."""
         if self._region.value == VIEW:
-            camera = self._viewer.camera
+            # napari >= 0.9 keeps the camera in the scene
+            camera = getattr(self._viewer, "scene", self._viewer).camera
             size = self._viewer.canvas.size
             return _source.view_region(layer, camera.center, camera.zoom, size)
         if self._region.value == RECTANGLE:
@@ -216,8 +220,11 @@ class AnalysisWidget(Container):
             return
 
         # the slide file, or the pixels of a layer without one
+        block_triton_after_gl_llvm()
         path = _source.slide_path_of(layer)
-        source = path if path is not None else layer.data
+        # NOTE: a layer without a file is written whole (its finest level) to a TIFF
+        pixels = layer.data[0] if layer.multiscale else layer.data
+        source = path if path is not None else pixels
         mpp = params.pop("mpp")
         self._job = {"layer": layer, "mpp": mpp, "region": params["region"]}
         self._start(source, mpp, params)
@@ -343,8 +350,9 @@ class AnalysisWidget(Container):
     def _ask_path(self, layer: Any) -> str:
         from qtpy.QtWidgets import QFileDialog
 
-        slide = layer.metadata.get("lemon_slide_path")
-        start = Path(slide).with_suffix(".lemon.h5ad") if slide else Path.home()
+        slide = layer.metadata.get(SLIDE_PATH_KEY)
+        name = f"{Path(slide).stem if slide else layer.name}.lemon.h5ad"
+        start = (Path(slide).parent if slide else Path.home()) / name
         path, _ = QFileDialog.getSaveFileName(
             self.native, "Save LEMON results", str(start), "AnnData (*.h5ad)"
         )

@@ -5,12 +5,18 @@ The steps, all sized in microns so that one set of parameters serves 20x and 40x
 1. hematoxylin optical density by colour deconvolution (Ruifrok & Johnston,
    Anal. Quant. Cytol. Histol. 23(4), 2001; scikit-image's ``hed_from_rgb``);
 2. resample to ``working_mpp`` (anti-aliased) and smooth;
-3. threshold: Otsu (or Li) over the tissue's pixels, never below a floor of
-   hematoxylin density, so that a blank or eosin-only image yields no nuclei;
-4. fill small holes, then split touching nuclei by a watershed on the distance
-   transform, seeded at distance maxima at least ``min_distance_um`` apart;
+3. threshold: a pixel is nuclear when it is darker in hematoxylin than a global
+   threshold (Li or Otsu over the tissue's pixels, scaled) *and* than the local
+   average around it by ``local_contrast``; the global threshold never drops
+   below ``min_hematoxylin``, so that a blank or eosin-only image yields nothing;
+4. fill holes, then split touching nuclei by a watershed on the smoothed
+   (octagonal) distance transform, seeded at its maxima at least
+   ``min_distance_um`` apart;
 5. drop objects outside the area limits, map labels back to the input grid
    (nearest neighbour) and measure them there.
+
+The defaults were tuned for detection F1 on the 13 annotated MoNuSeg training
+tiles (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ from skimage.segmentation import watershed
 from skimage.transform import resize
 
 from .._slide_backends import as_rgb_uint8
-from .nuclei import Nuclei, nuclei_from_labels, trace_outlines
+from .nuclei import Nuclei, label_centroids, nuclei_from_labels, star_outlines
 
 logger = logging.getLogger(__name__)
 
 THRESHOLDS = {"otsu": threshold_otsu, "li": threshold_li}
-# hematoxylin optical density of each 8-bit value of each channel, as rgb2hed
-# computes it: -log(max(v / 255, 1e-6)) / -log(1e-6), then the H column of the
-# deconvolution matrix
-_LOG_OD = np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)
+SCALE_SLACK = 1.02  # an input this close to working_mpp is not resampled
+THRESHOLD_SAMPLES = 50_000  # tissue pixels the global threshold is computed from
+# optical density of each 8-bit value as rgb2hed computes it,
+# -log(max(v / 255, 1e-6)) / -log(1e-6), and its hematoxylin share per channel
+_LOG_OD = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(
+    np.float32
+)
 _H_LUT = (_LOG_OD[:, None] * hed_from_rgb[:, 0][None, :]).astype(np.float32)
 
 
@@ -50,29 +59,39 @@ class ClassicalParams:
     smooth_sigma_um : float
         Gaussian smoothing of the hematoxylin channel.
     threshold_method : str
-        ``"otsu"`` or ``"li"``, computed over tissue pixels.
-    threshold_offset : float
-        Added to the automatic threshold (hematoxylin optical density units).
+        ``"li"`` or ``"otsu"``, computed over tissue pixels.
+    threshold_scale : float
+        Factor on the automatic threshold.
+    local_contrast : float
+        How much darker (hematoxylin optical density) than its surroundings a
+        nuclear pixel must be.
+    background_um : float
+        Side of the square whose mean density is a pixel's surroundings.
     min_hematoxylin : float
-        Floor of the threshold: paler pixels are never nuclear.
+        Floor of the global threshold: paler pixels are never nuclear.
     tissue_density : float
-        Total optical density above which a pixel counts as tissue.
+        Summed optical density above which a pixel counts as tissue.
     max_hole_um2 : float
         Holes inside a nucleus up to this area are filled.
+    seed_sigma_um : float
+        Smoothing of the distance transform before seeds are picked.
     min_distance_um : float
-        Least distance between two watershed seeds (about a nucleus radius).
+        Least distance between two watershed seeds.
     min_area_um2, max_area_um2 : float
         Area limits of a nucleus.
     """
 
     working_mpp: float = 0.5
     smooth_sigma_um: float = 0.5
-    threshold_method: str = "otsu"
-    threshold_offset: float = 0.0
+    threshold_method: str = "li"
+    threshold_scale: float = 0.8
+    local_contrast: float = 0.01
+    background_um: float = 20.0
     min_hematoxylin: float = 0.03
-    tissue_density: float = 0.1
+    tissue_density: float = 0.03
     max_hole_um2: float = 15.0
-    min_distance_um: float = 2.5
+    seed_sigma_um: float = 0.5
+    min_distance_um: float = 2.0
     min_area_um2: float = 10.0
     max_area_um2: float = 400.0
 
@@ -82,7 +101,8 @@ class ClassicalParams:
                 f"threshold_method={self.threshold_method!r} is not one of "
                 f"{sorted(THRESHOLDS)}"
             )
-        for name in ("working_mpp", "min_distance_um", "max_area_um2"):
+        positive = ("working_mpp", "min_distance_um", "background_um")
+        for name in positive + ("threshold_scale", "max_area_um2"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
         if not 0 <= self.min_area_um2 < self.max_area_um2:
@@ -92,6 +112,7 @@ class ClassicalParams:
             )
 
     def as_dict(self) -> dict:
+        """The parameters as a plain dict (for provenance records)."""
         return asdict(self)
 
 
@@ -122,17 +143,17 @@ def segment_classical(
     """
     params = params or ClassicalParams()
     image = _check_image(image, mpp)
-    work_mpp = max(params.working_mpp, float(mpp))
+    # work at the input scale when it is (within 2%) as coarse as working_mpp
+    work_mpp = (
+        float(mpp) if mpp >= params.working_mpp / SCALE_SLACK else params.working_mpp
+    )
     scale = work_mpp / mpp  # input pixels per working pixel, >= 1
 
-    # hematoxylin density at the working scale
-    density = hematoxylin_density(image)
-    tissue = _tissue_density(image)
-    shape = tuple(max(1, round(n / scale)) for n in density.shape)
-    if shape != density.shape:
-        density = resize(density, shape, order=1, anti_aliasing=True)
-        tissue = resize(tissue, shape, order=1, anti_aliasing=True)
+    # hematoxylin density and tissue at the working scale
+    shape = tuple(max(1, round(n / scale)) for n in image.shape[:2])
+    density = _resample(hematoxylin_density(image), shape)
     density = ndimage.gaussian_filter(density, params.smooth_sigma_um / work_mpp)
+    tissue = _tissue_density(_nearest(image, shape)) > params.tissue_density
 
     # foreground, then instances
     mask = _nuclear_mask(density, tissue, params, work_mpp)
@@ -141,9 +162,10 @@ def segment_classical(
     if not labels.any():
         return Nuclei.empty(image.shape)
 
-    # back to the input grid
-    outlines = trace_outlines(labels, np.arange(1, labels.max() + 1), scale)
-    return nuclei_from_labels(_upsample(labels, image.shape[:2]), mpp, outlines)
+    # outlines from the working grid, measurements on the input grid
+    ids, centroids, _ = label_centroids(labels)
+    outlines = star_outlines(labels, ids, centroids, scale=scale)
+    return nuclei_from_labels(_nearest(labels, image.shape[:2]), mpp, outlines)
 
 
 def hematoxylin_density(image: np.ndarray) -> np.ndarray:
@@ -165,12 +187,11 @@ def hematoxylin_density(image: np.ndarray) -> np.ndarray:
 
 def _tissue_density(image: np.ndarray) -> np.ndarray:
     """Summed optical density of the three channels, float32 (rows, cols)."""
-    log_od = _LOG_OD.astype(np.float32)
-    return log_od[image[..., 0]] + log_od[image[..., 1]] + log_od[image[..., 2]]
+    return _LOG_OD[image[..., 0]] + _LOG_OD[image[..., 1]] + _LOG_OD[image[..., 2]]
 
 
 def _check_image(image: np.ndarray, mpp: float) -> np.ndarray:
-    if not np.isfinite(mpp) or mpp <= 0:
+    if not isinstance(mpp, (int, float)) or not np.isfinite(mpp) or mpp <= 0:
         raise ValueError(
             f"mpp={mpp!r} must be a positive number of microns per pixel "
             "(e.g. 0.25 for 40x, 0.5 for 20x)"
@@ -190,36 +211,58 @@ def _check_image(image: np.ndarray, mpp: float) -> np.ndarray:
 
 
 def _nuclear_mask(density, tissue, params, work_mpp) -> np.ndarray:
-    """Pixels dark enough in hematoxylin, small holes filled (bool)."""
-    values = density[tissue > params.tissue_density]
+    """Pixels dark enough in hematoxylin, globally and locally; holes filled."""
+    values = density[tissue]
     if values.size < 2 or values.max() <= params.min_hematoxylin:
         return np.zeros(density.shape, dtype=bool)
 
-    # automatic threshold over tissue, floored
-    automatic = THRESHOLDS[params.threshold_method](values)
-    threshold = max(automatic + params.threshold_offset, params.min_hematoxylin)
+    # global threshold over (a regular subsample of) the tissue, floored
+    step = max(1, values.size // THRESHOLD_SAMPLES)
+    automatic = THRESHOLDS[params.threshold_method](values[::step])
+    threshold = max(automatic * params.threshold_scale, params.min_hematoxylin)
     logger.debug("threshold %.4f (automatic %.4f)", threshold, automatic)
-    return _fill_small_holes(density > threshold, params.max_hole_um2 / work_mpp**2)
+
+    # local: darker than the mean of a square around the pixel
+    dark = density > threshold
+    width = max(3, round(params.background_um / work_mpp))
+    surround = ndimage.uniform_filter(density, size=width, mode="reflect")
+    mask = dark & (density > surround + params.local_contrast)
+    return _fill_holes(mask, dark, params.max_hole_um2 / work_mpp**2)
 
 
-def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
-    """Set background components of at most ``max_px`` pixels to foreground."""
-    background, _ = ndimage.label(~mask)
-    small = np.bincount(background.ravel()) <= max_px
-    small[0] = False
-    return mask | small[background]
+def _fill_holes(mask: np.ndarray, dark: np.ndarray, max_px: float) -> np.ndarray:
+    """Fill holes of ``mask`` that are small or lie wholly inside ``dark``.
+
+    The second kind is the inside of a dark area wider than the local window,
+    which the local-contrast test alone would leave as a ring.
+    """
+    holes, n = ndimage.label(~mask)
+    small = np.bincount(holes.ravel(), minlength=n + 1) <= max_px
+    enclosed = np.bincount(holes[~dark], minlength=n + 1) == 0
+    fill = small | enclosed
+    fill[0] = False
+    return mask | fill[holes]
 
 
 def _split_touching(mask, params, work_mpp) -> np.ndarray:
     """Watershed of the distance transform, seeded at well-separated maxima."""
-    distance = ndimage.distance_transform_edt(mask)
-    radius = max(1, int(round(params.min_distance_um / work_mpp)))
-    footprint = _disk(radius)
+    distance = ndimage.gaussian_filter(
+        _octagonal_distance(mask), params.seed_sigma_um / work_mpp
+    )
+    size = 2 * max(1, round(params.min_distance_um / work_mpp)) + 1
 
     # seeds: local maxima of the distance, plateaus merged into one seed
-    peaks = (distance == ndimage.maximum_filter(distance, footprint=footprint)) & mask
+    peaks = (distance == ndimage.maximum_filter(distance, size=size)) & mask
     seeds, _ = ndimage.label(peaks, structure=np.ones((3, 3)))
     return watershed(-distance, seeds, mask=mask).astype(np.int32)
+
+
+def _octagonal_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance to the background, float32: the mean of the city-block and
+    chessboard distances, within 8% of Euclidean and several times faster."""
+    taxicab = ndimage.distance_transform_cdt(mask, metric="taxicab")
+    chessboard = ndimage.distance_transform_cdt(mask, metric="chessboard")
+    return (taxicab + chessboard).astype(np.float32) / 2
 
 
 def _filter_areas(labels, params, work_mpp) -> np.ndarray:
@@ -232,20 +275,23 @@ def _filter_areas(labels, params, work_mpp) -> np.ndarray:
     return lookup[labels]
 
 
-def _upsample(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resampling of ``labels`` to ``shape`` (rows, cols)."""
-    if labels.shape == shape:
-        return labels
-    rows = _nearest_index(shape[0], labels.shape[0])
-    cols = _nearest_index(shape[1], labels.shape[1])
-    return labels[rows[:, None], cols[None, :]]
+def _resample(channel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Anti-aliased linear resampling of a float image to ``shape``."""
+    if channel.shape == shape:
+        return channel
+    out = resize(channel, shape, order=1, anti_aliasing=True, preserve_range=True)
+    return out.astype(np.float32)
+
+
+def _nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of the first two axes to ``shape``."""
+    if array.shape[:2] == tuple(shape):
+        return array
+    rows = _nearest_index(shape[0], array.shape[0])
+    cols = _nearest_index(shape[1], array.shape[1])
+    return array[rows[:, None], cols[None, :]]
 
 
 def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
     centres = (np.arange(n_out) + 0.5) * (n_in / n_out)
     return np.minimum(centres.astype(np.intp), n_in - 1)
-
-
-def _disk(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return r[:, None] ** 2 + r[None, :] ** 2 <= radius**2

@@ -1,0 +1,263 @@
+"""The ``lemon`` command, run in-process on real slides and on bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_lemon import cli
+from napari_lemon.store import outlines_of, read_results
+
+CMU1 = "CMU-1-Small-Region.svs"
+TCGA = "tcga-cr-7395-01a-01-ts1.svs"
+TISSUE = "1100,1500,300,300"  # an epidermis patch of CMU-1, level-0 px
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reuse_loaded_encoders():
+    """Load each weights file once for this module: building a ViT takes seconds."""
+    import napari_lemon.encoder as encoder_module
+
+    loaded = {}
+    original = encoder_module.load_encoder
+
+    def load_once(model="bundled", device="auto"):
+        if (str(model), device) not in loaded:
+            loaded[str(model), device] = original(model, device)
+        return loaded[str(model), device]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(encoder_module, "load_encoder", load_once)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def cmu1(shared_data):
+    return shared_data / "wsi" / CMU1
+
+
+@pytest.fixture(scope="module")
+def analyzed(cmu1, random_encoder_path, tmp_path_factory):
+    """One ``lemon analyze`` run on a tissue patch of CMU-1: (folder, stdout)."""
+    out = tmp_path_factory.mktemp("analyze") / "out"
+    argv = ["analyze", cmu1, "--out", out, "--region", TISSUE, "--clusters", 4]
+    argv += ["--model", random_encoder_path]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = cli.main([str(a) for a in argv])
+    lines = stdout.getvalue().splitlines()
+    assert status == 0, lines
+    return out, lines
+
+
+def run_error(capsys, argv) -> str:
+    """Run ``lemon`` expecting a user error; return its one-line message."""
+    assert cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("lemon: error: ")
+    return err
+
+
+def test_analyze_writes_the_three_outputs(analyzed):
+    out, lines = analyzed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.tif",
+        "nuclei.h5ad",
+        "overlay.png",
+    ]
+    assert lines[-1].endswith(f"-> {out}/")
+    assert " nuclei, 4 clusters, " in lines[-1]
+
+
+def test_analyze_results_are_in_level0_pixels_of_the_region(analyzed):
+    adata = read_results(analyzed[0] / "nuclei.h5ad")
+    assert adata.n_obs > 10
+    x, y = adata.obsm["spatial"].T
+    assert (x >= 1100).all() and (x < 1400).all()
+    assert (y >= 1500).all() and (y < 1800).all()
+    assert adata.obsm["X_lemon"].shape == (adata.n_obs, 384)
+    assert set(adata.obs["cluster"].astype(int)) == {0, 1, 2, 3}
+    assert len(outlines_of(adata)) == adata.n_obs
+    assert adata.uns["lemon"]["source"]["name"] == CMU1
+    assert adata.uns["lemon"]["encoder"]["name"] == "random-test"
+
+
+def test_labels_tif_holds_the_instances_and_their_pixel_size(analyzed):
+    adata = read_results(analyzed[0] / "nuclei.h5ad")
+    with tifffile.TiffFile(analyzed[0] / "labels.tif") as tif:
+        page = tif.pages[0]
+        labels = page.asarray()
+        x_resolution = page.tags["XResolution"].value
+        unit = page.tags["ResolutionUnit"].value
+    assert labels.dtype == np.uint32 and labels.shape == (300, 300)
+    assert set(np.unique(labels)) - {0} == set(adata.obs["nucleus_id"])
+    assert unit == tifffile.RESUNIT.CENTIMETER
+    mpp = 1e4 * x_resolution[1] / x_resolution[0]
+    assert mpp == pytest.approx(0.499, rel=1e-3)
+
+
+def test_overlay_png_is_the_region_with_coloured_outlines(analyzed):
+    overlay = np.asarray(Image.open(analyzed[0] / "overlay.png"))
+    assert overlay.shape == (300, 300, 3)
+    # outline pixels take the four cluster colours, absent from plain H&E
+    from napari_lemon.overlay import cluster_palette
+
+    for colour in cluster_palette(4):
+        assert np.all(overlay == colour, axis=-1).sum() > 20
+
+
+def test_demo_analyses_the_sample_from_a_data_dir(
+    shared_data, random_encoder_path, tmp_path, capsys
+):
+    out = tmp_path / "demo"
+    argv = ["demo", "--data-dir", shared_data / "wsi", "--out", out]
+    argv += ["--model", random_encoder_path, "--region", "1000,1400,300,300"]
+    assert cli.main([str(a) for a in argv]) == 0
+    assert read_results(out / "nuclei.h5ad").n_obs > 0
+    assert "nuclei," in capsys.readouterr().out
+
+
+def test_segment_writes_labels_only(cmu1, tmp_path, capsys):
+    out = tmp_path / "labels.tif"
+    assert cli.main(["segment", str(cmu1), "--out", str(out), "--region", TISSUE]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (300, 300) and labels.max() > 10
+    assert capsys.readouterr().out.strip().endswith(f"-> {out}")
+
+
+def test_embed_carries_csv_columns_into_obs(cmu1, random_encoder_path, tmp_path):
+    csv = tmp_path / "points.csv"
+    csv.write_text("x,y,cell_type\n1100.5,1500,epithelial\n1200,1600,fibroblast\n")
+    out = tmp_path / "points.h5ad"
+    argv = [
+        "embed",
+        cmu1,
+        "--points",
+        csv,
+        "--out",
+        out,
+        "--model",
+        random_encoder_path,
+    ]
+    assert cli.main([str(a) for a in argv]) == 0
+    adata = read_results(out)
+    assert adata.obs["cell_type"].tolist() == ["epithelial", "fibroblast"]
+    np.testing.assert_allclose(adata.obsm["spatial"], [[1100.5, 1500], [1200, 1600]])
+    assert adata.obsm["X_lemon"].shape == (2, 384)
+
+
+# user errors: one line on stderr, status 2
+
+
+def test_missing_slide_is_named(capsys, tmp_path):
+    err = run_error(capsys, ["analyze", tmp_path / "nope.svs", "--out", tmp_path])
+    assert "slide file not found" in err and "nope.svs" in err
+
+
+def test_text_file_is_not_a_slide(capsys, tmp_path):
+    fake = tmp_path / "notes.svs"
+    fake.write_text("these are notes, not pixels")
+    err = run_error(capsys, ["analyze", fake, "--out", tmp_path / "o"])
+    assert "is not a readable slide" in err
+
+
+def test_region_outside_the_slide_is_refused(
+    capsys, cmu1, random_encoder_path, tmp_path
+):
+    argv = ["analyze", cmu1, "--out", tmp_path, "--region", "5000,5000,100,100"]
+    err = run_error(capsys, argv + ["--model", random_encoder_path])
+    assert "entirely outside the 2220x2967 slide" in err
+
+
+def test_slide_without_mpp_asks_for_it(capsys, shared_data, tmp_path):
+    argv = ["analyze", shared_data / "wsi" / TCGA, "--out", tmp_path]
+    err = run_error(capsys, argv)
+    assert "records no pixel size (mpp); pass --mpp" in err
+
+
+@pytest.fixture
+def wrong_weights(tmp_path):
+    """A narrow, shallow ViT's weights under the card of the LEMON encoder."""
+    from napari_lemon.encoder import EncoderCard, create_vit, save_checkpoint
+
+    small = EncoderCard(embed_dim=192, depth=1, num_heads=12)
+    path = save_checkpoint(create_vit(small), small, tmp_path / "tiny.safetensors")
+    card = EncoderCard(name="claims-384")
+    path.with_suffix(".json").write_text(json.dumps(card.to_dict()))
+    return path
+
+
+def test_weights_of_another_architecture_are_refused(
+    capsys, cmu1, wrong_weights, tmp_path
+):
+    argv = ["analyze", cmu1, "--out", tmp_path, "--model", wrong_weights]
+    err = run_error(capsys, argv)
+    assert "do not fit a LEMON ViT" in err and "shape mismatch" in err
+
+
+def test_cuda_without_a_gpu_is_refused(capsys, cmu1, random_encoder_path, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    argv = ["analyze", cmu1, "--out", tmp_path, "--device", "cuda"]
+    err = run_error(capsys, argv + ["--model", random_encoder_path])
+    assert "no CUDA GPU is available; use 'cpu'" in err
+
+
+def test_missing_weights_file_is_named(capsys, cmu1, tmp_path):
+    argv = ["analyze", cmu1, "--out", tmp_path, "--model", tmp_path / "w.safetensors"]
+    assert "w.safetensors do not exist" in run_error(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("x,z\n1,2\n", r"lacks column(s) ['y']; it has ['x', 'z']"),
+        ("x,y\n1,a\n", "row 2 has a non-numeric x or y"),
+        ("", "is not a readable CSV file"),
+    ],
+)
+def test_embed_with_a_bad_csv_names_the_problem(
+    capsys, cmu1, tmp_path, content, message
+):
+    csv = tmp_path / "points.csv"
+    csv.write_text(content)
+    err = run_error(
+        capsys, ["embed", cmu1, "--points", csv, "--out", tmp_path / "o.h5ad"]
+    )
+    assert message in err and "points.csv" in err
+
+
+def test_embed_with_a_missing_csv(capsys, cmu1, tmp_path):
+    argv = ["embed", cmu1, "--points", tmp_path / "p.csv", "--out", tmp_path / "o.h5ad"]
+    assert "points file" in run_error(capsys, argv)
+
+
+def test_segment_refuses_an_output_that_is_not_tiff(capsys, cmu1, tmp_path):
+    err = run_error(capsys, ["segment", cmu1, "--out", tmp_path / "labels.png"])
+    assert "must end in .tif or .tiff" in err
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--mpp", "0"], "'0' is not a positive number"),
+        (["--mpp", "abc"], "'abc' is not a positive number"),
+        (["--region", "1,2,3"], "'1,2,3' is not X,Y,W,H"),
+        (["--region", "0,0,-5,5"], "width and height must be > 0"),
+        (["--clusters", "0"], "'0' is not a whole number >= 1"),
+    ],
+)
+def test_bad_option_values_are_refused_by_the_parser(capsys, option, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["analyze", "slide.svs", "--out", "o", *option])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
