@@ -158,6 +158,16 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` reports."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     # provenance
     results["machine"] = {
         "cpu_count": os.cpu_count(),
-        "processor": platform.processor(),
+        "processor": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "load_average_1min": os.getloadavg()[0],

@@ -24,7 +24,8 @@ def random_encoder_path(tmp_path_factory) -> Path:
     """A randomly initialised LEMON ViT saved in the plugin's checkpoint layout."""
     import torch
 
-    from napari_lemon.encoder import EncoderCard, create_vit, save_checkpoint
+    from napari_lemon.checkpoint import save_checkpoint
+    from napari_lemon.encoder import EncoderCard, create_vit
 
     torch.manual_seed(0)
     card = EncoderCard(name="random-test")

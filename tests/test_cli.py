@@ -19,25 +19,6 @@ TCGA = "tcga-cr-7395-01a-01-ts1.svs"
 TISSUE = "1100,1500,300,300"  # an epidermis patch of CMU-1, level-0 px
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reuse_loaded_encoders():
-    """Load each weights file once for this module: building a ViT takes seconds."""
-    import napari_lemon.encoder as encoder_module
-
-    loaded = {}
-    original = encoder_module.load_encoder
-
-    def load_once(model="bundled", device="auto"):
-        if (str(model), device) not in loaded:
-            loaded[str(model), device] = original(model, device)
-        return loaded[str(model), device]
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(encoder_module, "load_encoder", load_once)
-    yield
-    patch.undo()
-
-
 @pytest.fixture(scope="module")
 def cmu1(shared_data):
     return shared_data / "wsi" / CMU1
@@ -185,7 +166,8 @@ def test_slide_without_mpp_asks_for_it(capsys, shared_data, tmp_path):
 @pytest.fixture
 def wrong_weights(tmp_path):
     """A narrow, shallow ViT's weights under the card of the LEMON encoder."""
-    from napari_lemon.encoder import EncoderCard, create_vit, save_checkpoint
+    from napari_lemon.checkpoint import save_checkpoint
+    from napari_lemon.encoder import EncoderCard, create_vit
 
     small = EncoderCard(embed_dim=192, depth=1, num_heads=12)
     path = save_checkpoint(create_vit(small), small, tmp_path / "tiny.safetensors")

@@ -9,12 +9,11 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from napari_lemon.checkpoint import load_encoder, save_checkpoint
 from napari_lemon.encoder import (
     CheckpointError,
     EncoderCard,
     create_vit,
-    load_encoder,
-    save_checkpoint,
     select_device,
     sincos_position_embedding,
 )

@@ -67,7 +67,7 @@ def slide_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(random_encoder_path):
-    from napari_lemon.encoder import load_encoder
+    from napari_lemon.checkpoint import load_encoder
 
     return load_encoder(random_encoder_path, device="cpu")
 

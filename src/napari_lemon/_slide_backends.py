@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 # TIFF resolution units that scanners use for real pixel sizes; INCH is left out
 # because ordinary image writers put a screen resolution (72 or 96 dpi) there
-MICRONS_PER_UNIT = {"CENTIMETER": 1e4, "MILLIMETER": 1e3, "MICROMETER": 1.0}
+METRIC_UNITS = ("CENTIMETER", "MILLIMETER", "MICROMETER")
 
 
 class _LevelTiffSlide(tiffslide.TiffSlide):
@@ -28,6 +28,8 @@ class _LevelTiffSlide(tiffslide.TiffSlide):
     This avoids a round trip through level-0 coordinates, which can land one pixel
     off when a level's downsample is not an integer.
     """
+
+    # NOTE: tiffslide documents this hook as the one to override for this purpose
 
     def _read_region_loc_transform(
         self, location: tuple[int, int], level: int
@@ -74,7 +76,7 @@ def tiff_mpp(properties: dict[str, Any]) -> float | None:
     unit = properties.get("tiff.ResolutionUnit")
     if mpp is None:
         return None
-    if unit is not None and unit not in MICRONS_PER_UNIT:
+    if unit is not None and unit not in METRIC_UNITS:
         logger.debug("ignoring mpp=%r derived from resolution unit %s", mpp, unit)
         return None
     mpp = float(mpp)

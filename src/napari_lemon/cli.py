@@ -188,7 +188,7 @@ def read_points_csv(path: str | Path):
 
 
 def _run_analysis(input_path, out: Path, args) -> int:
-    from .encoder import load_encoder
+    from .checkpoint import load_encoder
     from .pipeline import analyze
     from .slide import open_slide, require_mpp
 
@@ -241,7 +241,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .encoder import load_encoder
+    from .checkpoint import load_encoder
     from .pipeline import embed_points
     from .slide import open_slide, require_mpp
     from .store import write_results

@@ -313,7 +313,7 @@ def _nuclei_obs(seg: Segmentation, segmenter: str) -> tuple[pd.DataFrame, list]:
 
 
 def _load(encoder: Encoder | None, model: str, device: str) -> Encoder:
-    from .encoder import load_encoder
+    from .checkpoint import load_encoder
 
     return encoder if encoder is not None else load_encoder(model, device)
 

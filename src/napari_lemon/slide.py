@@ -271,6 +271,7 @@ class Slide:
 
     def _level_array(self, level: int) -> dask.array.Array:
         import dask.array as da
+        from dask.base import tokenize
 
         native = self._levels.zarr_array(level)
         if native is not None and self._value_scale == 1.0:
@@ -280,8 +281,15 @@ class Slide:
         width, height = self.level_dimensions[level]
         chunks = da.core.normalize_chunks((DASK_TILE, DASK_TILE, 3), (height, width, 3))
         meta = np.empty((0, 0, 0), dtype=np.uint8)
+        token = tokenize(str(self.path), self.path.stat().st_mtime_ns, level)
+        name = f"slide-level{level}-{token}"
         return da.map_blocks(
-            self._read_block, level=level, chunks=chunks, dtype=np.uint8, meta=meta
+            self._read_block,
+            level=level,
+            chunks=chunks,
+            dtype=np.uint8,
+            meta=meta,
+            name=name,
         )
 
     def _find_value_scale(self) -> float:

@@ -12,7 +12,7 @@ import torch
 from lemon_training import fit as fit_module
 from lemon_training.export import export_run
 from lemon_training.fit import batch_indices, fit, progress
-from napari_lemon.encoder import load_encoder
+from napari_lemon.checkpoint import load_encoder
 
 
 @pytest.fixture()

@@ -151,7 +151,9 @@ def star_outlines(
     Returns
     -------
     list of ndarray of shape (n_rays, 2), float64
-        Vertices ``(x, y)`` in output pixels, counter-clockwise on screen.
+        Vertices ``(x, y)`` in output pixels, by angle from +x towards +y
+        (clockwise on screen, where y points down); ``(k, 2)``, traced, for a
+        nucleus whose centroid lies outside it.
     """
     angles = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
     directions = np.column_stack([np.cos(angles), np.sin(angles)])

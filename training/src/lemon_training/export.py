@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from napari_lemon.encoder import EncoderCard, create_vit, save_checkpoint
+from napari_lemon.checkpoint import save_checkpoint
+from napari_lemon.encoder import EncoderCard, create_vit
 
 
 def export_run(

@@ -25,7 +25,8 @@ def load_probe_encoder(name: str | Path, device: str = "cpu"):
     """``"random"`` (seeded random init), ``"bundled"``, or a checkpoint path."""
     import torch
 
-    from napari_lemon.encoder import Encoder, EncoderCard, create_vit, load_encoder
+    from napari_lemon.checkpoint import load_encoder
+    from napari_lemon.encoder import Encoder, EncoderCard, create_vit
 
     if str(name) == "random":
         torch.manual_seed(0)
