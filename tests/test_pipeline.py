@@ -12,9 +12,9 @@ from napari_lemon.pipeline import (
     AnalysisResult,
     analysis_steps,
     analyze,
-    embed_points,
     resolve_region,
 )
+from napari_lemon.points import embed_points
 from napari_lemon.slide import SlideError, open_slide
 from napari_lemon.store import outlines_of
 

@@ -242,7 +242,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from .checkpoint import load_encoder
-    from .pipeline import embed_points
+    from .points import embed_points
     from .slide import open_slide, require_mpp
     from .store import write_results
 
