@@ -1,22 +1,10 @@
-"""Shared fixtures: real H&E data from ../shared/data, skipped when absent."""
+"""Fixtures of the plugin's tests (``shared_data`` is in the root conftest.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LEMON_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """Root of the real H&E data (``../shared/data``); skips the test when absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real H&E data not found at {SHARED_DATA} (set LEMON_SHARED_DATA)")
-    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -404,29 +404,14 @@ def analysis_steps(
 def analyze(
     slide: Slide,
     region: Sequence[float] | None = None,
-    encoder: Encoder | None = None,
-    model: str = "bundled",
-    n_clusters: int = 8,
-    device: str = "auto",
-    segmenter: str = "classical",
-    seg_mpp: float | None = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    segmenter_params: dict[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    **options: Any,
 ) -> AnalysisResult:
-    """Run :func:`analysis_steps` to the end; ``progress(stage, done, total)``."""
-    steps = analysis_steps(
-        slide,
-        region,
-        encoder,
-        model,
-        n_clusters,
-        device,
-        segmenter,
-        seg_mpp,
-        batch_size,
-        seed,
-        segmenter_params,
-    )
+    """Run :func:`analysis_steps` to the end.
+
+    ``options`` are those of :func:`analysis_steps` (``encoder``, ``model``,
+    ``n_clusters``, ``device``, ...); ``progress(stage, done, total)`` is called
+    after every step.
+    """
+    steps = analysis_steps(slide, region, **options)
     return run_steps(steps, progress)

@@ -80,12 +80,7 @@ def fit(config: dict[str, Any]) -> Path:
     """
     from napari_lemon.encoder import select_device
 
-    cfg = {**DEFAULTS, **config}
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(
-            f"unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}"
-        )
+    cfg = merge_config(config)
     run = Path(cfg["out"])
     run.mkdir(parents=True, exist_ok=True)
     if cfg["threads"]:
@@ -105,18 +100,8 @@ def fit(config: dict[str, Any]) -> Path:
     )
 
     # resume or start
-    state = {"step": 0, "images_seen": 0, "seconds": 0.0}
     ckpt = run / "checkpoint.pt"
-    if ckpt.is_file():
-        saved = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
-        torch.set_rng_state(saved["torch_rng"])
-        logger.info("resumed %s at step %d", run, state["step"])
-    else:
-        meta = {"config": cfg, "git_commit": git_commit(), "versions": versions()}
-        (run / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    state = _resume_or_start(run, cfg, model, optimizer, device)
     total, started = cfg["steps"], time.perf_counter() - state["seconds"]
     budget = 60 * cfg["max_minutes"] if cfg["max_minutes"] else None
     model.train()
@@ -155,6 +140,35 @@ def fit(config: dict[str, Any]) -> Path:
         {"model": model.state_dict(), "state": state, "config": cfg}, run / "final.pt"
     )
     return run
+
+
+def merge_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` over :data:`DEFAULTS`, refusing keys that do not exist."""
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(
+            f"unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}"
+        )
+    return {**DEFAULTS, **config}
+
+
+def _resume_or_start(run: Path, cfg: dict, model, optimizer, device: str) -> dict:
+    """Load the run's checkpoint if there is one; else record the run's config.
+
+    Returns the training state (step, images seen, seconds).
+    """
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.is_file():
+        meta = {"config": cfg, "git_commit": git_commit(), "versions": versions()}
+        (run / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return {"step": 0, "images_seen": 0, "seconds": 0.0}
+
+    saved = torch.load(ckpt, map_location=device, weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    logger.info("resumed %s at step %d", run, saved["state"]["step"])
+    return saved["state"]
 
 
 def progress(state: dict, total: int, budget_s: float | None) -> float:

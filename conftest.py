@@ -1,4 +1,4 @@
-"""Fixtures for lemon_training tests: real data from ../shared/data when present."""
+"""Fixtures shared by the plugin's and the training package's tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("LEMON_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
