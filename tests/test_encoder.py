@@ -264,3 +264,15 @@ def test_embed_batches_give_the_same_result(random_encoder_path, crops):
         encoder.embed(crops, batch_size=6),
         atol=1e-5,
     )
+
+
+def test_bundled_encoder_is_the_moco_vit_with_its_card():
+    from napari_lemon.checkpoint import BUNDLED_NAME, WEIGHTS_DIR, file_sha256
+
+    encoder = load_encoder("bundled", device="cpu")
+
+    card = json.loads((WEIGHTS_DIR / f"{BUNDLED_NAME}.json").read_text())
+    assert card["sha256"] == file_sha256(WEIGHTS_DIR / f"{BUNDLED_NAME}.safetensors")
+    assert card["num_heads"] == 12 and card["training"]["seconds"] >= 3600
+    assert "crc_linear_probe" in card["benchmarks"]
+    assert all(block.attn.num_heads == 12 for block in encoder.model.blocks)
