@@ -55,6 +55,7 @@ def main() -> None:
         edge_color="yellow",
         face_color="transparent",
         edge_width=4 * scale,
+        units=viewer.layers[0].units,
     )
     panel._region.value = "last drawn rectangle"
     panel._clusters.value = 6
