@@ -243,3 +243,25 @@ def test_bad_option_values_are_refused_by_the_parser(capsys, option, message):
         cli.main(["analyze", "slide.svs", "--out", "o", *option])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_embed_with_a_header_only_csv_says_it_has_no_rows(capsys, cmu1, tmp_path):
+    csv = tmp_path / "empty.csv"
+    csv.write_text("x,y\n")
+    argv = ["embed", cmu1, "--points", csv, "--out", tmp_path / "e.h5ad"]
+    assert "has the columns x, y but no rows" in run_error(capsys, argv)
+
+
+def test_analyze_refuses_an_output_file_before_any_work(capsys, cmu1, tmp_path):
+    existing = tmp_path / "results"
+    existing.write_text("keep me")
+    err = run_error(capsys, ["analyze", cmu1, "--out", existing])
+    assert "is an existing file; give a folder" in err
+    assert existing.read_text() == "keep me"
+
+
+def test_segment_refuses_a_folder_as_output(capsys, cmu1, tmp_path):
+    folder = tmp_path / "labels.tif"
+    folder.mkdir()
+    err = run_error(capsys, ["segment", cmu1, "--out", folder])
+    assert "is a folder; give a .tif file name" in err

@@ -253,8 +253,8 @@ def test_mrxs_and_dicom_ask_for_ome_tiff(tmp_path, name, kind):
         open_slide(tmp_path / name)
 
 
-def test_a_folder_asks_for_ome_tiff(tmp_path):
-    with pytest.raises(SlideError, match="tiffslide cannot read folder-based"):
+def test_a_folder_asks_for_one_file(tmp_path):
+    with pytest.raises(SlideError, match="is a folder; give one slide"):
         open_slide(tmp_path)
 
 
@@ -342,3 +342,9 @@ def test_monuseg_tile_and_crc_png_open_as_plain_images(shared_data):
 def test_slide_class_opens_directly(pyramid_path):
     slide = Slide(pyramid_path, mpp=0.3)
     assert slide.mpp == 0.3 and "pyramid.tif" in repr(slide)
+
+
+def test_an_mpp_other_than_the_recorded_one_warns(shared_data):
+    with pytest.warns(UserWarning, match="records 0.499 um/px; using 0.25"):
+        slide = open_slide(shared_data / "wsi" / "CMU-1-Small-Region.svs", mpp=0.25)
+    assert slide.mpp == 0.25

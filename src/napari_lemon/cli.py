@@ -177,7 +177,12 @@ def read_points_csv(path: str | Path):
             f"{path} lacks column(s) {missing}; it has {list(table.columns)}. Give "
             "nucleus centres as columns x, y in level-0 pixels"
         )
-    points = table[["x", "y"]].apply(pd.to_numeric, errors="coerce").to_numpy()
+    if table.empty:
+        raise ValueError(
+            f"{path} has the columns x, y but no rows; add nucleus centres"
+        )
+    points = table[["x", "y"]].apply(pd.to_numeric, errors="coerce")
+    points = points.to_numpy(dtype=np.float64)
     if np.isnan(points).any():
         row = int(np.isnan(points).any(axis=1).argmax())
         raise ValueError(f"{path}: row {row + 2} has a non-numeric x or y")
@@ -187,12 +192,21 @@ def read_points_csv(path: str | Path):
 # subcommands
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that is an existing file, before any work."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"--out '{out}' is an existing file; give a folder for the results"
+        )
+
+
 def _run_analysis(input_path, out: Path, args) -> int:
     from .checkpoint import load_encoder
     from .pipeline import analyze
     from .slide import open_slide, require_mpp
 
     start = time.perf_counter()
+    check_out_folder(out)
     with open_slide(input_path, mpp=getattr(args, "mpp", None)) as slide:
         require_mpp(slide)  # before the slower model loading
         encoder = load_encoder(args.model, args.device)
@@ -211,6 +225,12 @@ def _run_analysis(input_path, out: Path, args) -> int:
     k = len(result.adata.obs["cluster"].cat.categories)
     seconds = time.perf_counter() - start
     print(f"{n:,} nuclei, {k} clusters, {seconds:.1f} s -> {out}/")
+    if n == 0:
+        print(
+            "lemon: no nuclei found: the region may hold no tissue, or --mpp may "
+            "be wrong",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -231,6 +251,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if Path(args.out).suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--out {args.out!r} must end in .tif or .tiff")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out '{args.out}' is a folder; give a .tif file name")
     with open_slide(args.input, mpp=args.mpp) as slide, StageBars() as bars:
         seg = run_steps(segmentation_steps(slide, args.region), bars)
     write_labels(args.out, seg.nuclei.labels, seg.seg_mpp)
@@ -273,8 +295,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="bundled",
-        help="encoder weights: 'bundled', a .safetensors or lemon.pth.tar file, "
-        "or an org/name hub id (default: bundled)",
+        help="encoder weights: 'bundled', 'official' (LEMON from the model hub), "
+        "a .safetensors or lemon.pth.tar file, or an org/name hub id "
+        "(default: bundled)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(

@@ -34,7 +34,7 @@ def _check_points(slide: Slide, points_xy: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(points).all(axis=1)
     bad |= (points < 0).any(axis=1) | (points[:, 0] > width) | (points[:, 1] > height)
     if bad.any():
-        example = tuple(points[np.argmax(bad)])
+        example = tuple(float(v) for v in points[np.argmax(bad)])
         raise ValueError(
             f"{int(bad.sum())} of {len(points)} points lie outside the "
             f"{width}x{height} slide '{slide.path.name}' or are not numbers, e.g. "

@@ -114,7 +114,14 @@ class Slide:
         self.dimensions = self.level_dimensions[0]
 
         # scale: the user's value wins over the file's
-        self.mpp = override if override is not None else self._levels.mpp
+        recorded = self._levels.mpp
+        if override is not None and recorded and abs(override / recorded - 1) > 0.02:
+            warnings.warn(
+                f"mpp={override:g} given for '{self.path.name}', which records "
+                f"{recorded:g} um/px; using {override:g}",
+                stacklevel=2,
+            )
+        self.mpp = override if override is not None else recorded
         logger.debug(
             "%s: mpp=%r (file: %r)", self.path.name, self.mpp, self._levels.mpp
         )
@@ -319,8 +326,13 @@ def _open_levels(path: Path) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"slide file not found: '{path}'")
     suffix = path.suffix.lower()
-    if suffix in UNREADABLE or path.is_dir():
-        kind = UNREADABLE.get(suffix, "folder-based (e.g. DICOM)")
+    if path.is_dir() and suffix not in UNREADABLE:
+        raise SlideError(
+            f"'{path}' is a folder; give one slide or image file (folder-based "
+            "formats such as DICOM need converting to OME-TIFF first)"
+        )
+    if suffix in UNREADABLE:
+        kind = UNREADABLE[suffix]
         raise SlideError(
             f"'{path}': tiffslide cannot read {kind} slides; convert it to OME-TIFF "
             "(e.g. with Bio-Formats bfconvert or QuPath) and open that file"
