@@ -77,7 +77,9 @@ def test_labels_tif_holds_the_instances_and_their_pixel_size(analyzed):
         labels = page.asarray()
         x_resolution = page.tags["XResolution"].value
         unit = page.tags["ResolutionUnit"].value
+        metadata = tif.shaped_metadata[0]
     assert labels.dtype == np.uint32 and labels.shape == (300, 300)
+    assert metadata["region_level0"] == [int(v) for v in TISSUE.split(",")]
     assert set(np.unique(labels)) - {0} == set(adata.obs["nucleus_id"])
     assert unit == tifffile.RESUNIT.CENTIMETER
     mpp = 1e4 * x_resolution[1] / x_resolution[0]

@@ -95,8 +95,8 @@ class StageBars:
             self.bar = tqdm(desc=f"{stage:>7}", total=total, unit=unit, file=sys.stderr)
             self.stage = stage
         self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        if done > self.bar.n:  # update() redraws only as often as tqdm allows
+            self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -117,8 +117,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # outputs
 
 
-def write_labels(path: str | Path, labels: np.ndarray, mpp: float) -> Path:
-    """Write instance labels as a uint32 TIFF with the pixel size in its tags."""
+def write_labels(
+    path: str | Path, labels: np.ndarray, mpp: float, region: tuple[int, ...]
+) -> Path:
+    """Write instance labels as a uint32 TIFF with the pixel size in its tags.
+
+    The image description (tifffile's JSON metadata) records ``region_level0``,
+    the ``(x, y, width, height)`` of the slide the labels cover, and ``mpp``.
+    """
     import tifffile
 
     path = Path(path)
@@ -133,6 +139,7 @@ def write_labels(path: str | Path, labels: np.ndarray, mpp: float) -> Path:
         compression="zlib",
         resolution=(per_cm, per_cm),
         resolutionunit="CENTIMETER",
+        metadata={"region_level0": [int(v) for v in region], "mpp": float(mpp)},
     )
     return path
 
@@ -156,7 +163,11 @@ def write_outputs(result, out: Path) -> list[Path]:
     paths.append(out / "overlay.png")
 
     if result.labels.size <= MAX_LABELS_PIXELS:
-        paths.append(write_labels(out / "labels.tif", result.labels, result.seg_mpp))
+        paths.append(
+            write_labels(
+                out / "labels.tif", result.labels, result.seg_mpp, result.region
+            )
+        )
     return paths
 
 
@@ -255,7 +266,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--out '{args.out}' is a folder; give a .tif file name")
     with open_slide(args.input, mpp=args.mpp) as slide, StageBars() as bars:
         seg = run_steps(segmentation_steps(slide, args.region), bars)
-    write_labels(args.out, seg.nuclei.labels, seg.seg_mpp)
+    write_labels(args.out, seg.nuclei.labels, seg.seg_mpp, seg.region)
 
     seconds = time.perf_counter() - start
     print(f"{len(seg.nuclei):,} nuclei, {seconds:.1f} s -> {args.out}")
