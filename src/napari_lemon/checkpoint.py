@@ -11,7 +11,6 @@ Three kinds of weights load into the network of :mod:`napari_lemon.encoder`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -37,12 +36,10 @@ OFFICIAL_HUB_ID = "aliceblondel/LEMON"  # Chadoutaud et al., arXiv:2603.25802
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a whole file (pooch reads it in blocks)."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def save_checkpoint(

@@ -63,26 +63,21 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     gigabytes) are hashed over their first and last 8 MiB followed by their size
     in bytes as decimal text; ``sha256_scope`` says which was done.
     """
+    from .checkpoint import file_sha256
+
     path = Path(path)
     size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if size <= FULL_HASH_LIMIT:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-            scope = "full file"
-        else:
+    if size <= FULL_HASH_LIMIT:
+        sha256, scope = file_sha256(path), "full file"
+    else:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
             digest.update(fh.read(PARTIAL_HASH_BLOCK))
             fh.seek(size - PARTIAL_HASH_BLOCK)
             digest.update(fh.read(PARTIAL_HASH_BLOCK))
-            digest.update(str(size).encode())
-            scope = "first and last 8 MiB + size"
-    return {
-        "name": path.name,
-        "size": size,
-        "sha256": digest.hexdigest(),
-        "sha256_scope": scope,
-    }
+        digest.update(str(size).encode())
+        sha256, scope = digest.hexdigest(), "first and last 8 MiB + size"
+    return {"name": path.name, "size": size, "sha256": sha256, "sha256_scope": scope}
 
 
 def make_provenance(

@@ -114,14 +114,3 @@ def crc_probe(
         seconds=round(time.perf_counter() - started, 1),
     )
     return result
-
-
-def main_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table of probe results."""
-    lines = ["| encoder | balanced accuracy | n train | n test |", "|---|---|---|---|"]
-    for r in results:
-        lines.append(
-            f"| {r['encoder']} | {r['balanced_accuracy']:.3f} | {r['n_train']} | "
-            f"{r['n_test']} |"
-        )
-    return "\n".join(lines)
