@@ -44,7 +44,7 @@ def test_a_step_trains_the_online_branch_only(model):
     torch.manual_seed(1)
     x1, x2 = torch.randn(4, 3, 40, 40), torch.randn(4, 3, 40, 40)
 
-    loss = model(x1, x2)
+    loss = model.loss(x1, x2)
     loss.backward()
 
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -53,3 +53,31 @@ def test_a_step_trains_the_online_branch_only(model):
     # the patch projection is frozen (MoCo v3) and the momentum branch gets no grads
     assert model.encoder.patch_embed.proj.weight.grad is None
     assert all(p.grad is None for p in model.momentum_parameters())
+
+
+def test_forward_makes_two_normalised_views_of_each_crop():
+    import kornia.augmentation as K
+
+    torch.manual_seed(2)
+    model = MoCoV3(EncoderCard(embed_dim=32, depth=2, num_heads=2), K.CenterCrop(40))
+    crops = torch.rand(4, 3, 60, 60)
+
+    v1, v2 = model.views(crops)
+    loss, parts = model(crops)
+
+    expected = (crops[:, :, 10:50, 10:50] - model.mean) / model.std
+    torch.testing.assert_close(v1, expected)
+    torch.testing.assert_close(v2, expected)
+    assert parts == {"infonce": pytest.approx(loss.item())}
+
+
+def test_after_step_follows_the_momentum_schedule(model):
+    online = next(model.encoder.blocks[1].parameters())
+    momentum = next(model.momentum_encoder.blocks[1].parameters())
+    with torch.no_grad():
+        momentum.zero_()
+        online.fill_(1.0)
+
+    model.after_step(0.5)  # momentum 0.995 half way
+
+    assert torch.allclose(momentum, torch.full_like(momentum, 0.005))

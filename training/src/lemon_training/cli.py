@@ -1,4 +1,4 @@
-"""``lemon-train``: curate crops, fit MoCo v3, probe and export an encoder."""
+"""``lemon-train``: curate crops, train, benchmark and export nucleus encoders."""
 
 from __future__ import annotations
 
@@ -8,52 +8,30 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 DEFAULT_DATA = Path("../shared/data")
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"override {pair!r} is not key=value (e.g. steps=200)")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def cmd_curate(args) -> None:
-    import pandas as pd
-    from tqdm import tqdm
-
-    from .data.curate import write_dataset
-    from .data.sources import crc_centres, monuseg_centres
-
-    root = Path(args.data_root)
-    nuclei = pd.concat(
-        [
-            monuseg_centres(root / "monuseg", "train"),
-            crc_centres(root / "crc", ("train", "validation")),
-        ],
-        ignore_index=True,
-    )
-    write_dataset(nuclei, args.out, args.size, args.mpp, progress=tqdm)
-    print(f"{len(nuclei)} crops -> {args.out}")
+class UserError(Exception):
+    """Bad input from the command line: one line to stderr, exit status 2."""
 
 
 def cmd_fit(args) -> None:
+    from . import distributed
+    from .config import load_config
     from .fit import fit
 
-    overrides = list(args.overrides)
-    if args.config and "=" in args.config:  # no config file, only overrides
-        args.config, overrides = None, [args.config, *overrides]
-    if args.config and not Path(args.config).is_file():
-        raise SystemExit(f"config file {args.config!r} does not exist")
-    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    config.update(_parse_overrides(overrides))
+    config = load_config(args.config, args.overrides)
     run = fit(config)
-    print(f"run finished: {run}")
+    if distributed.is_main():
+        print(f"run finished: {run}")
+
+
+def cmd_config(args) -> None:
+    import yaml
+
+    from .config import load_config
+
+    print(yaml.safe_dump(load_config(args.config, args.overrides), sort_keys=False))
 
 
 def cmd_probe(args) -> None:
@@ -75,23 +53,48 @@ def cmd_export(args) -> None:
     print(f"exported {path} (+ {path.with_suffix('.json').name})")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _fit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML experiment file (optional)")
+    p.add_argument(
+        "overrides", nargs="*", help="section.key=value, e.g. optim.steps=200"
+    )
+
+
+def _split_config(args) -> None:
+    """``fit optim.steps=2`` has no file: the first word is an override."""
+    if args.config and "=" in args.config:
+        args.config, args.overrides = None, [args.config, *args.overrides]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .augment.grid import add_augment_grid_arguments, run_augment_grid
+    from .data.curate import add_curate_arguments, run_curate
+    from .evaluate.benchmark import add_benchmark_arguments, run_benchmark
+
     parser = argparse.ArgumentParser(prog="lemon-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("curate", help="crop nuclei of the train splits into a dataset")
-    p.add_argument("--data-root", default=str(DEFAULT_DATA))
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=60)
-    p.add_argument("--mpp", type=float, default=0.25)
-    p.set_defaults(func=cmd_curate)
+    p = sub.add_parser("curate", help="segment, sample and crop nuclei into zarr")
+    add_curate_arguments(p)
+    p.set_defaults(func=run_curate)
 
-    p = sub.add_parser("fit", help="train MoCo v3; CONFIG is YAML, then key=value")
-    p.add_argument("config", nargs="?")
-    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("augment-grid", help="PNG of example views per policy")
+    add_augment_grid_arguments(p)
+    p.set_defaults(func=run_augment_grid)
+
+    p = sub.add_parser("fit", help="train; CONFIG is YAML, then section.key=value")
+    _fit_arguments(p)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("probe", help="CRC linear probe of an encoder")
+    p = sub.add_parser("config", help="print the merged config of a run")
+    _fit_arguments(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("benchmark", help="linear-probe table of encoders")
+    add_benchmark_arguments(p)
+    p.set_defaults(func=run_benchmark)
+
+    p = sub.add_parser("probe", help="CRC linear probe of one encoder (quick)")
     p.add_argument("--encoder", required=True, help="'bundled', 'random' or a path")
     p.add_argument("--data-root", default=str(DEFAULT_DATA))
     p.add_argument("--seed", type=int, default=0)
@@ -103,10 +106,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--benchmarks", help="JSON file of results to put in the card")
     p.set_defaults(func=cmd_export)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .fit import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "overrides"):
+        _split_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.func(args)
+    try:
+        args.func(args)
+    except (UserError, ConfigError, FileNotFoundError, TrainingDiverged) as err:
+        print(f"lemon-train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 Chen, Xie and He, "An Empirical Study of Training Self-Supervised Vision
 Transformers", ICCV 2021 (reference: facebookresearch/moco-v3, ``moco/builder.py``).
 Positives are the same image's other view in the batch (the diagonal); the other
-images of the batch are the negatives. The loss is scaled by ``2 * temperature``
-as in the reference code, which keeps gradient size steady across temperatures.
+images of the batch, over all processes of a distributed run, are the negatives.
+The loss is scaled by ``2 * temperature`` as in the reference code, which keeps
+gradient size steady across temperatures.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .. import distributed
 
 
 def infonce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -21,7 +24,8 @@ def infonce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2) -> torch
     q : Tensor of shape (b, d)
         Predictions from one view (any scale; normalised here).
     k : Tensor of shape (b, d)
-        Momentum-encoder projections of the other view (no gradient flows).
+        Momentum-encoder projections of the other view (no gradient flows); in a
+        distributed run, gathered from every process as negatives.
     temperature : float
 
     Returns
@@ -29,9 +33,10 @@ def infonce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2) -> torch
     Tensor, scalar
     """
     q = F.normalize(q, dim=1)
-    k = F.normalize(k.detach(), dim=1)
-    logits = q @ k.T / temperature  # (b, b), positives on the diagonal
-    labels = torch.arange(len(q), device=q.device)
+    k = F.normalize(distributed.gather_cat(k.detach()), dim=1)  # (world * b, d)
+    logits = q @ k.T / temperature  # (b, world * b)
+    # this process's positives sit in its own block of the gathered keys
+    labels = torch.arange(len(q), device=q.device) + len(q) * distributed.rank()
     return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
