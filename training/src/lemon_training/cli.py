@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.curate import add_curate_arguments, run_curate
     from .evaluate.benchmark import add_benchmark_arguments, run_benchmark
 
-    parser = argparse.ArgumentParser(prog="lemon-train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lemon-train", description="Curate crops, train, benchmark and export nucleus encoders.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("curate", help="segment, sample and crop nuclei into zarr")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("augment-grid", help="PNG of example views per policy")
     add_augment_grid_arguments(p)
-    p.set_defaults(func=run_augment_grid)
+    p.set_defaults(func=lambda a: print(f"wrote {run_augment_grid(a)}"))
 
     p = sub.add_parser("fit", help="train; CONFIG is YAML, then section.key=value")
     _fit_arguments(p)
@@ -110,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
     from .fit import TrainingDiverged
 
     args = build_parser().parse_args(argv)
@@ -119,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         args.func(args)
-    except (UserError, ConfigError, FileNotFoundError, TrainingDiverged) as err:
+    except (UserError, ValueError, FileNotFoundError, TrainingDiverged) as err:
+        # ConfigError, CurationError, DatasetError and CheckpointError are
+        # ValueErrors whose message says what to do
         print(f"lemon-train: error: {err}", file=sys.stderr)
         return 2
     return 0
