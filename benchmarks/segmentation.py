@@ -1,16 +1,20 @@
-"""Detection benchmark of the classical nucleus segmenter on MoNuSeg.
+"""Instance-segmentation benchmark of the nucleus segmenters on MoNuSeg.
 
-A predicted nucleus is a true positive when its centroid lies inside a
-ground-truth outline; each outline is matched at most once (when several
-predictions fall inside one outline, the one nearest the outline's centroid
-counts and the others are false positives). Reported per tile and pooled over
-tiles (micro average), with throughput in input megapixels per second of
-segmentation, single process.
+Scores per tile, against the ImageScope outlines rasterised at the tile's own
+resolution (regions with fewer than three vertices skipped, later outlines on
+top of earlier ones): AJI (Kumar et al., 2017), PQ with DQ and SQ (Kirillov et
+al., 2019), detection F1 / precision / recall at IoU >= 0.5, all from
+``napari_lemon.segment.metrics``; and the older centroid-in-outline detection F1.
+Overall: the mean over tiles (as published results on MoNuSeg are given) and the
+pooled counts. Throughput: input megapixels per second of segmentation, by the
+wall clock and per CPU second (one process; the U-Net runs on one thread).
 
 Usage::
 
     python benchmarks/segmentation.py [--data ../shared/data]
-        [--out benchmarks/results/segmentation.json] [--set min_area_um2=12]
+        [--segmenters classical unet] [--splits test train]
+        [--out benchmarks/results/segmentation.json]
+        [--set classical.min_area_um2=12] [--set unet.marker_threshold=0.4]
 
 Data: MoNuSeg 2018 (Kumar et al., IEEE TMI 36(7), 2017 and 39(5), 2020), the
 14 official test tiles and the 13 annotated training tiles; CMU-1-Small-Region
@@ -33,12 +37,14 @@ import numpy as np
 from skimage.draw import polygon
 
 import napari_lemon
-from napari_lemon.segment import ClassicalParams, segment_classical
+from napari_lemon.segment import PARAMS, create_segmenter
 from napari_lemon.segment.imagescope import polygon_centroids, read_imagescope_xml
+from napari_lemon.segment.metrics import pool_scores, score_instances
 from napari_lemon.slide import open_slide
 
 REPO = Path(__file__).resolve().parents[1]
 MONUSEG_MPP = 0.25  # one training XML records no MicronsPerPixel; the rest 0.246-0.253
+SCORES = ("aji", "pq", "dq", "sq", "f1", "precision", "recall")
 
 
 def rasterise(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -65,17 +71,10 @@ def match_centroids(
     return len(np.unique(hit[inside][order]))
 
 
-def score(tp: int, n_pred: int, n_gt: int) -> dict:
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gt if n_gt else 0.0
-    f1 = 2 * tp / (n_pred + n_gt) if n_pred + n_gt else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
-def timed_segment(image: np.ndarray, mpp: float, params: ClassicalParams) -> tuple:
-    """Nuclei, and throughput in megapixels per wall second and per CPU second."""
+def timed(segment, image: np.ndarray, mpp: float) -> tuple:
+    """Nuclei, and the megapixels, wall seconds and CPU seconds it took."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    nuclei = segment_classical(image, mpp, params)
+    nuclei = segment(image, mpp)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     megapixels = image.shape[0] * image.shape[1] / 1e6
     return nuclei, {"megapixels": megapixels, "seconds": wall, "cpu_seconds": cpu}
@@ -88,74 +87,100 @@ def throughput(timing: dict) -> dict:
     }
 
 
-def evaluate_tile(xml: Path, params: ClassicalParams) -> dict:
-    """Segment one MoNuSeg tile and score its detections."""
+def read_tile(xml: Path) -> tuple[np.ndarray, float, list[np.ndarray]]:
+    """A MoNuSeg tile's RGB pixels, microns per pixel and outlines."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # regions with < 3 vertices are skipped
         truth = read_imagescope_xml(xml)
     image_path = xml.parent.parent / "images" / f"{xml.stem}.tif"
     with open_slide(image_path, mpp=truth.mpp or MONUSEG_MPP) as slide:
         image = slide.read_region((0, 0), 0, slide.dimensions)
-        mpp = slide.mpp
+        return image, slide.mpp, truth.polygons
 
-    # segment, then match centroids to outlines
-    nuclei, timing = timed_segment(image, mpp, params)
-    gt_labels = rasterise(truth.polygons, image.shape[:2])
-    tp = match_centroids(
-        nuclei.centroids_xy, gt_labels, polygon_centroids(truth.polygons)
-    )
-    row = {"tile": xml.stem, "n_gt": len(truth.polygons), "n_pred": len(nuclei)}
-    row |= {"tp": tp, **score(tp, len(nuclei), len(truth.polygons))}
+
+def evaluate_tile(xml: Path, segment) -> dict:
+    """Segment one MoNuSeg tile and score its instances and detections."""
+    image, mpp, polygons = read_tile(xml)
+    nuclei, timing = timed(segment, image, mpp)
+    gt_labels = rasterise(polygons, image.shape[:2])
+
+    # instance scores, then the centroid rule
+    scores = score_instances(gt_labels, nuclei.labels)
+    hits = match_centroids(nuclei.centroids_xy, gt_labels, polygon_centroids(polygons))
+    centroid_f1 = 2 * hits / (len(nuclei) + len(polygons))
+    row = {"tile": xml.stem, **scores.as_dict(), "centroid_f1": centroid_f1}
     return row | timing
 
 
-def evaluate_split(folder: Path, params: ClassicalParams) -> dict:
-    """Per-tile and pooled scores over every annotated tile of a split."""
-    rows = [evaluate_tile(xml, params) for xml in sorted(folder.glob("*.xml"))]
-    tp, n_pred, n_gt = (sum(r[k] for r in rows) for k in ("tp", "n_pred", "n_gt"))
+def evaluate_split(folder: Path, segment) -> dict:
+    """Per-tile scores, their means and the pooled scores over a split."""
+    rows = [evaluate_tile(xml, segment) for xml in sorted(folder.glob("*.xml"))]
+    pooled = pool_scores([_as_scores(r) for r in rows]).as_dict()
     timing = {
         k: sum(r[k] for r in rows) for k in ("megapixels", "seconds", "cpu_seconds")
     }
-    overall = {"tiles": len(rows), "n_gt": n_gt, "n_pred": n_pred, "tp": tp}
-    overall |= score(tp, n_pred, n_gt) | throughput(timing)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in SCORES + ("centroid_f1",)}
+    overall = {"tiles": len(rows), "n_gt": pooled["n_gt"], "n_pred": pooled["n_pred"]}
+    overall |= {"mean": mean, "pooled": pooled} | throughput(timing)
     return {"overall": overall, "tiles": rows}
 
 
-def count_cmu1(data: Path, params: ClassicalParams) -> dict:
+def _as_scores(row: dict):
+    from napari_lemon.segment.metrics import InstanceScores
+
+    fields = [f.name for f in dataclasses.fields(InstanceScores)]
+    return InstanceScores(**{k: row[k] for k in fields})
+
+
+def count_cmu1(data: Path, segment) -> dict:
     """Nuclei found on the whole CMU-1 small region (20x, 0.499 um/px)."""
     with open_slide(data / "wsi" / "CMU-1-Small-Region.svs") as slide:
         image = slide.read_region((0, 0), 0, slide.dimensions)
-        nuclei, timing = timed_segment(image, slide.mpp, params)
+        nuclei, timing = timed(segment, image, slide.mpp)
     area = np.percentile(nuclei.area_um2, [10, 50, 90]).round(1).tolist()
     return {"n_nuclei": len(nuclei), "area_um2_p10_p50_p90": area} | throughput(timing)
 
 
 def markdown_table(split: dict) -> str:
-    """Per-tile and overall results as a Markdown table."""
+    """Per-tile scores and their means as a Markdown table."""
     lines = [
-        "| tile | GT | predicted | precision | recall | F1 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| tile | GT | predicted | AJI | PQ | DQ | SQ | F1 | P | R |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in split["tiles"] + [dict(split["overall"], tile="**overall (micro)**")]:
-        lines.append(
-            f"| {r['tile']} | {r['n_gt']} | {r['n_pred']} | {r['precision']:.3f} "
-            f"| {r['recall']:.3f} | {r['f1']:.3f} |"
-        )
+    mean = dict(split["overall"]["mean"], tile="**mean**")
+    mean |= {k: split["overall"][k] for k in ("n_gt", "n_pred")}
+    for r in split["tiles"] + [mean]:
+        values = " | ".join(f"{r[k]:.3f}" for k in SCORES)
+        lines.append(f"| {r['tile']} | {r['n_gt']} | {r['n_pred']} | {values} |")
     return "\n".join(lines)
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """``name=value`` strings -> ClassicalParams fields with their types."""
-    types = {f.name: f.type for f in dataclasses.fields(ClassicalParams)}
-    out = {}
+def parse_overrides(pairs: list[str], segmenters: list[str]) -> dict[str, dict]:
+    """``[segmenter.]name=value`` strings -> parameters per segmenter.
+
+    A name without a segmenter applies to the first one listed.
+    """
+    out: dict[str, dict] = {name: {} for name in segmenters}
     for pair in pairs:
-        name, _, value = pair.partition("=")
-        if name not in types:
+        key, _, value = pair.partition("=")
+        owner, _, name = key.rpartition(".")
+        owner = owner or segmenters[0]
+        types = {f.name: f.type for f in dataclasses.fields(PARAMS[owner])}
+        if owner not in out or name not in types:
             raise SystemExit(
-                f"--set {pair!r}: unknown parameter; choose from {sorted(types)}"
+                f"--set {pair!r}: unknown parameter; choose from "
+                f"{[f'{owner}.{t}' for t in sorted(types)]}"
             )
-        out[name] = value if types[name] == "str" else float(value)
+        out[owner][name] = _typed(value, types[name])
     return out
+
+
+def _typed(value: str, annotation: str):
+    if annotation == "bool":
+        return value.lower() in ("1", "true", "yes")
+    if annotation == "int":
+        return int(value)
+    return value if annotation == "str" else float(value)
 
 
 def cpu_model() -> str:
@@ -168,6 +193,26 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def benchmark(name: str, params: dict, args: argparse.Namespace) -> dict:
+    """Every split, then the 20x slide, for one segmenter."""
+    segment = create_segmenter(name, **params)
+    result = {"params": PARAMS[name](**params).as_dict()}
+    for split in args.splits:
+        folder = args.data / "monuseg" / split / "annotations"
+        result[split] = evaluate_split(folder, segment)
+        overall = result[split]["overall"]
+        print(f"\n## {name}: MoNuSeg {split}\n\n{markdown_table(result[split])}")
+        print(
+            f"\npooled: AJI {overall['pooled']['aji']:.3f}, PQ "
+            f"{overall['pooled']['pq']:.3f}; throughput {overall['mpx_per_s']:.2f} "
+            f"Mpx/s (wall), {overall['mpx_per_cpu_s']:.2f} Mpx per CPU second"
+        )
+    if not args.skip_cmu1:
+        result["cmu1"] = count_cmu1(args.data, segment)
+        print(f"\n{name} on CMU-1-Small-Region: {result['cmu1']}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -176,31 +221,33 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         default=REPO / "benchmarks" / "results" / "segmentation.json",
     )
+    parser.add_argument("--segmenters", nargs="+", default=["classical", "unet"])
+    parser.add_argument("--splits", nargs="+", default=["test", "train"])
     parser.add_argument(
         "--set",
         action="append",
         default=[],
-        metavar="NAME=VALUE",
-        help="override a ClassicalParams field",
+        metavar="[SEGMENTER.]NAME=VALUE",
+        help="override a parameter of a segmenter",
     )
-    parser.add_argument("--splits", nargs="+", default=["test", "train"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--skip-cmu1", action="store_true")
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="record the U-Net's scores in the card of the weights it used",
+    )
     args = parser.parse_args(argv)
-    params = ClassicalParams(**parse_overrides(args.set))
+    overrides = parse_overrides(args.set, args.segmenters)
+    if "unet" in args.segmenters:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     # evaluate
-    results = {"params": dataclasses.asdict(params)}
-    for split in args.splits:
-        results[split] = evaluate_split(
-            args.data / "monuseg" / split / "annotations", params
-        )
-        print(f"\n## MoNuSeg {split}\n\n{markdown_table(results[split])}")
-        overall = results[split]["overall"]
-        print(
-            f"\nthroughput: {overall['mpx_per_s']:.2f} Mpx/s (wall), "
-            f"{overall['mpx_per_cpu_s']:.2f} Mpx per CPU second"
-        )
-    results["cmu1"] = count_cmu1(args.data, params)
-    print(f"\nCMU-1-Small-Region: {results['cmu1']}")
+    results = {"segmenters": {}}
+    for name in args.segmenters:
+        results["segmenters"][name] = benchmark(name, overrides[name], args)
 
     # provenance
     results["machine"] = {
@@ -208,12 +255,35 @@ def main(argv: list[str] | None = None) -> None:
         "processor": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "torch_threads": args.threads,
         "load_average_1min": os.getloadavg()[0],
     }
     results["date"] = datetime.date.today().isoformat()
     results["napari_lemon"] = napari_lemon.__version__
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    if args.write_card and "unet" in results["segmenters"]:
+        write_card(results, args)
+
+
+def write_card(results: dict, args: argparse.Namespace) -> None:
+    """Put the U-Net's mean scores per split into its weights' JSON card."""
+    from napari_lemon.segment.unet import BUNDLED, WEIGHTS_DIR
+
+    unet = results["segmenters"]["unet"]
+    weights = unet["params"]["weights"]
+    path = WEIGHTS_DIR / f"{BUNDLED}.json" if weights == "bundled" else Path(weights)
+    card = json.loads(path.with_suffix(".json").read_text())
+    card["benchmark"] = {
+        f"monuseg_{split}": {
+            k: round(unet[split]["overall"]["mean"][k], 4) for k in SCORES
+        }
+        | {"mpx_per_cpu_s": round(unet[split]["overall"]["mpx_per_cpu_s"], 2)}
+        for split in args.splits
+    }
+    card["benchmark"]["params"] = unet["params"]
+    card["benchmark"]["date"] = results["date"]
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,22 +19,43 @@ from functools import partial
 
 import numpy as np
 
+from .backends import (
+    CellposeParams,
+    StarDistParams,
+    segment_cellpose,
+    segment_stardist,
+)
 from .classical import ClassicalParams, segment_classical
 from .nuclei import Nuclei
+from .unet import UNetParams, segment_unet
 
 Segmenter = Callable[[np.ndarray, float], Nuclei]
 
-SEGMENTERS: dict[str, Callable[..., Nuclei]] = {"classical": segment_classical}
-PARAMS = {"classical": ClassicalParams}
+SEGMENTERS: dict[str, Callable[..., Nuclei]] = {
+    "classical": segment_classical,
+    "unet": segment_unet,
+    "stardist": segment_stardist,
+    "cellpose": segment_cellpose,
+}
+PARAMS = {
+    "classical": ClassicalParams,
+    "unet": UNetParams,
+    "stardist": StarDistParams,
+    "cellpose": CellposeParams,
+}
 
 __all__ = [
     "SEGMENTERS",
+    "CellposeParams",
     "ClassicalParams",
     "Nuclei",
     "Segmenter",
+    "StarDistParams",
+    "UNetParams",
     "create_segmenter",
     "segment_classical",
     "segment_nuclei",
+    "segment_unet",
 ]
 
 
