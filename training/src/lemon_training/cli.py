@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.curate import add_curate_arguments, run_curate
     from .evaluate.benchmark import add_benchmark_arguments, run_benchmark
 
-    parser = argparse.ArgumentParser(prog="lemon-train", description="Curate crops, train, benchmark and export nucleus encoders.")
+    parser = argparse.ArgumentParser(
+        prog="lemon-train",
+        description="Curate crops, train, benchmark and export nucleus encoders.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("curate", help="segment, sample and crop nuclei into zarr")

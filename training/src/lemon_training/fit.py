@@ -309,7 +309,13 @@ def _resume_or_start(run: Path, cfg: Config, method, optimizer, amp, device) -> 
 
 
 def _initialise(method, init_from: str, device: str) -> None:
-    """Start from the weights of another run (its folder or its final.pt)."""
+    """Start from the weights of another run (its folder or its final.pt), or
+    from an encoder checkpoint (``.safetensors`` + card, or ``bundled``): then
+    every copy of the encoder (online, momentum, teacher) starts from it and the
+    heads start fresh."""
+    if init_from == "bundled" or init_from.endswith(".safetensors"):
+        _initialise_encoder(method, init_from)
+        return
     path = Path(init_from)
     path = path / "final.pt" if path.is_dir() else path
     if not path.is_file():
@@ -325,6 +331,29 @@ def _initialise(method, init_from: str, device: str) -> None:
             f"run.init_from={init_from!r} holds another method or architecture: {err}"
         ) from None
     logger.info("initialised from %s", path)
+
+
+def _initialise_encoder(method, init_from: str) -> None:
+    from napari_lemon.checkpoint import CheckpointError, load_encoder
+
+    try:
+        weights = load_encoder(init_from, device="cpu").model.state_dict()
+    except (CheckpointError, FileNotFoundError) as err:
+        raise ConfigError(f"run.init_from={init_from!r}: {err}") from None
+    copies = [
+        getattr(method, name)
+        for name in ("encoder", "momentum_encoder", "teacher")
+        if hasattr(method, name)
+    ]
+    for module in copies:
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as err:
+            raise ConfigError(
+                f"run.init_from={init_from!r} holds another architecture than "
+                f"model.* of this config: {err}"
+            ) from None
+    logger.info("encoder initialised from %s", init_from)
 
 
 def _diverged(run: Path, state: dict, loss: float) -> TrainingDiverged:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..data.curate import cut_crops
 from ..data.sources import crc_centres
+from .probe import score_classification
 
 logger = logging.getLogger("lemon_training")
 
@@ -44,19 +45,9 @@ def subsample(table: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 def fit_and_score(train_x, train_y, test_x, test_y, seed: int = 0) -> dict[str, Any]:
     """Balanced logistic regression on standardised features; balanced accuracy."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(
-        StandardScaler(),
-        LogisticRegression(max_iter=3000, class_weight="balanced", random_state=seed),
-    )
-    probe.fit(train_x, train_y)
-    predicted = probe.predict(test_x)
+    score = score_classification(train_x, train_y, test_x, test_y, seed)
     return {
-        "balanced_accuracy": float(balanced_accuracy_score(test_y, predicted)),
+        "balanced_accuracy": score,
         "n_train": int(len(train_y)),
         "n_test": int(len(test_y)),
     }
