@@ -115,6 +115,31 @@ def test_segment_writes_labels_only(cmu1, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(f"-> {out}")
 
 
+def test_segment_uses_the_chosen_segmenter(cmu1, tmp_path):
+    counts = {}
+    for name in ("classical", "unet"):
+        out = tmp_path / f"{name}.tif"
+        argv = ["segment", str(cmu1), "--out", str(out), "--region", TISSUE]
+        assert cli.main(argv + ["--segmenter", name]) == 0
+        counts[name] = len(np.unique(tifffile.imread(out))) - 1
+    assert min(counts.values()) > 10
+    assert counts["classical"] != counts["unet"]  # two different segmentations
+
+
+def test_a_missing_segmentation_backend_is_one_error_line(
+    capsys, cmu1, tmp_path, monkeypatch
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "stardist", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "stardist.models", None)
+    out = tmp_path / "labels.tif"
+    argv = ["segment", cmu1, "--out", out, "--region", TISSUE]
+    err = run_error(capsys, argv + ["--segmenter", "stardist"])
+    assert "needs the 'stardist' package" in err and "pip install" in err
+    assert not out.exists()
+
+
 def test_embed_carries_csv_columns_into_obs(cmu1, random_encoder_path, tmp_path):
     csv = tmp_path / "points.csv"
     csv.write_text("x,y,cell_type\n1100.5,1500,epithelial\n1200,1600,fibroblast\n")

@@ -15,6 +15,7 @@ from napari_lemon.pipeline import (
     resolve_region,
 )
 from napari_lemon.points import embed_points
+from napari_lemon.segment import DEFAULT_SEGMENTER
 from napari_lemon.slide import SlideError, open_slide
 from napari_lemon.store import outlines_of
 
@@ -115,7 +116,7 @@ def test_clusters_and_provenance_are_recorded(whole, random_encoder_path):
     assert lemon["encoder"]["name"] == "random-test"
     assert lemon["region"] == [0, 0, WIDTH, HEIGHT]
     assert lemon["seg_mpp"] == pytest.approx(0.5)
-    assert (adata.obs["segmenter"] == "classical").all()
+    assert (adata.obs["segmenter"] == DEFAULT_SEGMENTER).all()
 
 
 def test_outlines_are_in_level0_pixels_around_each_nucleus(whole):

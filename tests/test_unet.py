@@ -318,3 +318,32 @@ def test_a_short_training_run_writes_weights_and_card(tmp_path):
     assert card["training"]["crop_px"] == 32 and card["widths"] == [4, 8]
     _, loaded = load_unet(path)
     assert loaded.mean == tuple(card["mean"])
+
+
+def test_training_continues_from_the_weights_of_a_run(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from napari_lemon.segment.train_unet import TrainConfig, train
+
+    write_training_folder(tmp_path)
+    config = TrainConfig(minutes=0.01, crop_px=32, batch_size=2, widths=(4, 8))
+    first = train(tmp_path, tmp_path / "first", config)
+    config.init = first
+    second = train(tmp_path, tmp_path / "second", config)
+
+    # the same trainable layout (batch norms unfolded), and the history kept
+    assert load_file(second).keys() == load_file(first).keys()
+    card = json.loads(second.with_suffix(".json").read_text())
+    assert card["training"]["continued_from"]["steps"] >= 1
+    assert load_unet(second)[1].widths == (4, 8)
+
+
+def test_training_from_missing_weights_is_refused(tmp_path):
+    from napari_lemon.segment.train_unet import TrainConfig, train
+
+    write_training_folder(tmp_path)
+    config = TrainConfig(minutes=0.01, init=tmp_path / "nothing.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"init=.*nothing.safetensors"):
+        train(tmp_path, tmp_path / "run", config)

@@ -27,6 +27,7 @@ from napari.utils.notifications import notification_manager  # noqa: E402
 from napari_lemon._widgets import AnalysisWidget  # noqa: E402
 from napari_lemon._widgets import analysis_widget as aw  # noqa: E402
 from napari_lemon._widgets._source import write_layer_tiff  # noqa: E402
+from napari_lemon.segment import DEFAULT_SEGMENTER  # noqa: E402
 from napari_lemon.slide import open_slide  # noqa: E402
 
 CMU1 = "CMU-1-Small-Region.svs"
@@ -221,6 +222,8 @@ def test_run_on_a_drawn_rectangle_adds_clustered_nuclei(
     features = nuclei.features
     assert {"cluster", "x", "y", "area_um2"} <= set(features.columns)
     assert len(nuclei.data) == len(features) > 50
+    assert widget._segmenter.value == DEFAULT_SEGMENTER
+    assert (features["segmenter"] == DEFAULT_SEGMENTER).all()
     assert set(features["cluster"]) <= {"0", "1", "2", "3"}
     np.testing.assert_allclose(nuclei.data, features[["y", "x"]].to_numpy())
     np.testing.assert_allclose(nuclei.scale, cmu1_layer.scale)

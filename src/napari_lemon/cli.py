@@ -227,6 +227,7 @@ def _run_analysis(input_path, out: Path, args) -> int:
                 args.region,
                 encoder=encoder,
                 n_clusters=args.clusters,
+                segmenter=args.segmenter,
                 batch_size=args.batch_size,
                 progress=bars,
             )
@@ -265,7 +266,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if Path(args.out).is_dir():
         raise ValueError(f"--out '{args.out}' is a folder; give a .tif file name")
     with open_slide(args.input, mpp=args.mpp) as slide, StageBars() as bars:
-        seg = run_steps(segmentation_steps(slide, args.region), bars)
+        steps = segmentation_steps(slide, args.region, args.segmenter)
+        seg = run_steps(steps, bars)
     write_labels(args.out, seg.nuclei.labels, seg.seg_mpp, seg.region)
 
     seconds = time.perf_counter() - start
@@ -316,8 +318,21 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_segmenter_option(parser: argparse.ArgumentParser) -> None:
+    from .segment import DEFAULT_SEGMENTER, SEGMENTERS
+
+    parser.add_argument(
+        "--segmenter",
+        default=DEFAULT_SEGMENTER,
+        choices=sorted(SEGMENTERS),
+        help=f"nucleus segmenter (default {DEFAULT_SEGMENTER}; stardist and "
+        "cellpose need their own packages)",
+    )
+
+
 def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
+    _add_segmenter_option(parser)
     parser.add_argument(
         "--clusters", type=positive_int, default=8, help="k-means clusters (default 8)"
     )
@@ -361,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("input", help="slide or image file")
     segment.add_argument("--out", required=True, help="labels .tif to write")
     _add_mpp_option(segment)
+    _add_segmenter_option(segment)
     _add_region_option(segment)
     segment.set_defaults(func=cmd_segment)
 
@@ -382,12 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``lemon``; returns the exit status (0 ok, 2 for a user error)."""
+    from .segment.backends import BackendError
+
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
             return args.func(args)
-        except USER_ERRORS as err:
+        except (*USER_ERRORS, BackendError) as err:
             print(f"lemon: error: {err}", file=sys.stderr)
             return 2
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .segment import DEFAULT_SEGMENTER
 from .store import build_results, empty_obs, make_provenance, set_clusters
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ def _check_size(slide: Slide, region: tuple[int, ...], seg_mpp: float) -> None:
 def segmentation_steps(
     slide: Slide,
     region: Sequence[float] | None = None,
-    segmenter: str = "classical",
+    segmenter: str = DEFAULT_SEGMENTER,
     seg_mpp: float | None = None,
     segmenter_params: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, Segmentation]:
@@ -326,7 +327,7 @@ def analysis_steps(
     model: str = "bundled",
     n_clusters: int = 8,
     device: str = "auto",
-    segmenter: str = "classical",
+    segmenter: str = DEFAULT_SEGMENTER,
     seg_mpp: float | None = None,
     batch_size: int = 256,
     seed: int = 0,

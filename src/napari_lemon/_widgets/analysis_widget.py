@@ -104,6 +104,8 @@ class AnalysisWidget(Container):
 
     # ------------------------------------------------------------------ layout
     def _make_controls(self) -> None:
+        from napari_lemon.segment import DEFAULT_SEGMENTER, SEGMENTERS
+
         self._image = ComboBox(label="image", choices=self._rgb_layers)
         self._mpp = FloatSpinBox(
             label="mpp (µm/px)",
@@ -116,6 +118,13 @@ class AnalysisWidget(Container):
         self._model = ComboBox(label="model", choices=[BUNDLED, FROM_FILE])
         self._model_file = FileEdit(label="model file", mode="r", filter=MODEL_FILTER)
         self._model_file.visible = False
+        self._segmenter = ComboBox(
+            label="segmenter",
+            choices=sorted(SEGMENTERS),
+            value=DEFAULT_SEGMENTER,
+            tooltip="unet: the bundled network (default); classical: threshold "
+            "and watershed, fastest; stardist, cellpose: need their packages",
+        )
         self._clusters = SpinBox(label="clusters", min=2, max=64, value=8)
         self._device = ComboBox(label="device", choices=list(DEVICES))
         self._region = ComboBox(label="region", choices=[WHOLE, VIEW, RECTANGLE])
@@ -127,7 +136,8 @@ class AnalysisWidget(Container):
         self._save = PushButton(text="Save results…", enabled=False)
         self._status = Label(value="")
         self.extend(
-            [self._image, self._mpp, self._model, self._model_file, self._clusters]
+            [self._image, self._mpp, self._model, self._model_file, self._segmenter]
+            + [self._clusters]
             + [self._device, self._region, self._outlines, self._run, self._cancel]
             + [self._save, self._status]
         )
@@ -197,6 +207,7 @@ class AnalysisWidget(Container):
             "mpp": float(self._mpp.value),
             "region": self.region_of(layer),
             "model": self._model_choice(),
+            "segmenter": self._segmenter.value,
             "n_clusters": int(self._clusters.value),
             "device": self._device.value,
         }

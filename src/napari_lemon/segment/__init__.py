@@ -44,7 +44,13 @@ PARAMS = {
     "cellpose": CellposeParams,
 }
 
+# NOTE: the U-Net beats the classical segmenter on MoNuSeg PQ and AJI (test and
+# train, benchmarks/README.md); classical stays as the torch-free fallback.
+DEFAULT_SEGMENTER = "unet"
+
 __all__ = [
+    "DEFAULT_SEGMENTER",
+    "PARAMS",
     "SEGMENTERS",
     "CellposeParams",
     "ClassicalParams",
@@ -81,7 +87,7 @@ def create_segmenter(name: str, **params) -> Segmenter:
 
 
 def segment_nuclei(
-    image: np.ndarray, mpp: float, segmenter: str = "classical", **params
+    image: np.ndarray, mpp: float, segmenter: str = DEFAULT_SEGMENTER, **params
 ) -> Nuclei:
     """Segment nuclei in an RGB image with the named segmenter.
 
@@ -91,7 +97,7 @@ def segment_nuclei(
     mpp : float
         Microns per pixel of ``image``.
     segmenter : str
-        A key of :data:`SEGMENTERS`.
+        A key of :data:`SEGMENTERS`; default :data:`DEFAULT_SEGMENTER`.
     **params
         Parameters of that segmenter.
 

@@ -344,14 +344,25 @@ def train(data: Path, out: Path, config: TrainConfig | None = None) -> Path:
 
 def _initial_model(config: TrainConfig, tiles: list[Tile]) -> tuple:
     """A fresh network with normalisation from the tiles, or ``config.init``."""
-    from .unet import load_unet
+    from safetensors.torch import load_file
 
     if config.init is None:
         card = UNetCard(widths=tuple(config.widths))
         card.mean, card.std = _channel_stats(tiles)
         return create_unet(card), card
-    model, card = load_unet(config.init, "cpu")
+
+    # the stored network as trained: load_unet folds its batch norms for inference
+    weights = Path(config.init)
+    if weights.suffix != ".safetensors" or not weights.with_suffix(".json").is_file():
+        raise FileNotFoundError(
+            f"init={str(weights)!r}: expected a .safetensors file with its .json "
+            "card beside it (as written by a training run)"
+        )
+    card = UNetCard.from_dict(json.loads(weights.with_suffix(".json").read_text()))
+    model = create_unet(card)
+    model.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
     card.training = {"continued_from": dict(card.training)}
+    card.benchmark = {}
     return model.train(), card
 
 

@@ -126,7 +126,7 @@ class UNetParams:
     batch_size: int = 2
     foreground_threshold: float = 0.5
     marker_height: float = 0.05
-    min_area_um2: float = 5.0
+    min_area_um2: float = 10.0  # tuned on MoNuSeg train: benchmarks/tune_unet.py
     max_area_um2: float = 400.0
     refine: bool = True
 
