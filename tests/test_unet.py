@@ -123,6 +123,17 @@ def test_tiles_stitch_into_the_whole_image_prediction(tiny_weights):
     np.testing.assert_allclose(tiled[1], whole[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [1, 15, 16, 150, 480, 481, 1500, 4099])
+def test_tiles_share_each_axis_evenly(length):
+    from napari_lemon.segment.unet import _even_stride
+
+    stride = _even_stride(length, 480)
+    steps = -(-length // stride)
+    assert stride % 16 == 0 and stride <= 480
+    assert steps == -(-length // 480)  # no more tiles than the largest allow
+    assert steps * stride - length < 16 * steps  # overshoot under 16 px a tile
+
+
 def test_watershed_splits_touching_nuclei_at_their_distance_peaks():
     foreground = np.zeros((40, 60), np.float32)
     distance = np.zeros_like(foreground)

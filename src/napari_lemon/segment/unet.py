@@ -358,29 +358,32 @@ def predict_maps(
     """
     import torch
 
-    # tiles: a margin of half the overlap all round, centres stitched
+    # tiles: a margin of half the overlap all round, centres stitched; the
+    # tiles of each axis share its length evenly rather than overshoot it
     margin = params.overlap_px // 2
-    tile = min(params.tile_px, _round_up(max(image.shape[:2]) + 2 * margin))
-    stride = tile - 2 * margin
+    strides = [_even_stride(n, params.tile_px - 2 * margin) for n in image.shape[:2]]
+    tile = (strides[0] + 2 * margin, strides[1] + 2 * margin)
     origins = [
         (r, c)
-        for r in range(0, image.shape[0], stride)
-        for c in range(0, image.shape[1], stride)
+        for r in range(0, image.shape[0], strides[0])
+        for c in range(0, image.shape[1], strides[1])
     ]
-    padded = _pad(_normalise(image, card), margin, stride, tile)
+    padded = _pad(_normalise(image, card), margin, strides)
 
     # predict in batches
     out = np.zeros((2, *(padded.shape[1:])), dtype=np.float32)
     device = next(model.parameters()).device
     for start in range(0, len(origins), params.batch_size):
         batch = origins[start : start + params.batch_size]
-        tiles = np.stack([padded[:, r : r + tile, c : c + tile] for r, c in batch])
+        tiles = np.stack(
+            [padded[:, r : r + tile[0], c : c + tile[1]] for r, c in batch]
+        )
         x = torch.from_numpy(tiles).to(device, memory_format=torch.channels_last)
         with torch.inference_mode():
             maps = torch.sigmoid(model(x)).cpu()
         for (r, c), m in zip(batch, maps.numpy(), strict=True):
-            keep = m[:, margin : margin + stride, margin : margin + stride]
-            out[:, r : r + stride, c : c + stride] = keep
+            keep = m[:, margin : margin + strides[0], margin : margin + strides[1]]
+            out[:, r : r + strides[0], c : c + strides[1]] = keep
     rows, cols = image.shape[:2]
     return out[0, :rows, :cols], out[1, :rows, :cols]
 
@@ -438,11 +441,18 @@ def _normalise(image: np.ndarray, card: UNetCard) -> np.ndarray:
     return np.ascontiguousarray(((image - mean) / std).transpose(2, 0, 1))
 
 
-def _pad(chw: np.ndarray, margin: int, stride: int, tile: int) -> np.ndarray:
-    """Mirror-pad so that every tile at a multiple of ``stride`` fits."""
+def _even_stride(length: int, max_stride: int) -> int:
+    """The smallest multiple of 16 that covers ``length`` in as few steps of at
+    most ``max_stride`` as possible (``max_stride`` is a multiple of 16)."""
+    steps = -(-length // max_stride)
+    return _round_up(-(-length // steps))
+
+
+def _pad(chw: np.ndarray, margin: int, strides: list[int]) -> np.ndarray:
+    """Mirror-pad: ``margin`` before, and after up to whole strides + ``margin``."""
     rows, cols = chw.shape[1:]
-    extra_r = -(-rows // stride) * stride - rows + tile - stride - margin
-    extra_c = -(-cols // stride) * stride - cols + tile - stride - margin
+    extra_r = -(-rows // strides[0]) * strides[0] - rows + margin
+    extra_c = -(-cols // strides[1]) * strides[1] - cols + margin
     widths = ((0, 0), (margin, extra_r), (margin, extra_c))
     mode = "symmetric" if min(rows, cols) > 1 else "edge"
     return np.pad(chw, widths, mode=mode)
