@@ -34,26 +34,20 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from skimage.draw import polygon
 
 import napari_lemon
 from napari_lemon.segment import PARAMS, create_segmenter
-from napari_lemon.segment.imagescope import polygon_centroids, read_imagescope_xml
+from napari_lemon.segment.imagescope import (
+    polygon_centroids,
+    rasterise,
+    read_imagescope_xml,
+)
 from napari_lemon.segment.metrics import pool_scores, score_instances
 from napari_lemon.slide import open_slide
 
 REPO = Path(__file__).resolve().parents[1]
 MONUSEG_MPP = 0.25  # one training XML records no MicronsPerPixel; the rest 0.246-0.253
 SCORES = ("aji", "pq", "dq", "sq", "f1", "precision", "recall")
-
-
-def rasterise(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Label image of ground-truth outlines (1..n, later outlines on top)."""
-    labels = np.zeros(shape, dtype=np.int32)
-    for index, points in enumerate(polygons, start=1):
-        rows, cols = polygon(points[:, 1], points[:, 0], shape)
-        labels[rows, cols] = index
-    return labels
 
 
 def match_centroids(

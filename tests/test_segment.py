@@ -18,7 +18,7 @@ from napari_lemon.segment import (
     segment_nuclei,
 )
 from napari_lemon.segment.classical import hematoxylin_density
-from napari_lemon.segment.imagescope import read_imagescope_xml
+from napari_lemon.segment.imagescope import rasterise, read_imagescope_xml
 from napari_lemon.segment.nuclei import nuclei_from_labels, star_outlines
 
 PINK, PURPLE = (235, 160, 205), (85, 45, 125)
@@ -274,3 +274,11 @@ def test_monuseg_test_tile_gives_hundreds_of_mostly_true_nuclei(shared_data):
         inside[polygon(points[:, 1], points[:, 0], inside.shape)] = True
     x, y = np.rint(nuclei.centroids_xy).astype(int).T
     assert inside[y.clip(0, 999), x.clip(0, 999)].mean() > 0.7
+
+
+def test_rasterise_numbers_outlines_and_draws_later_ones_on_top():
+    square = np.array([[0, 0], [9, 0], [9, 9], [0, 9]], float)  # (x, y) vertices
+    labels = rasterise([square, square + (5, 0)], (12, 20))
+    assert labels.dtype == np.int32 and set(np.unique(labels)) == {0, 1, 2}
+    assert labels[4, 2] == 1 and labels[4, 7] == 2  # the overlap is the later one
+    assert labels[4, 16] == 0 and labels[11, 2] == 0

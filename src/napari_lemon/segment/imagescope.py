@@ -89,3 +89,27 @@ def polygon_centroids(polygons: list[np.ndarray]) -> np.ndarray:
                 ((y + yn) * cross).sum() / (6 * area),
             )
     return out
+
+
+def rasterise(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Instance labels of outlines.
+
+    Parameters
+    ----------
+    polygons : list of ndarray of shape (n_vertices, 2)
+        Outlines as ``(x, y)`` pixel vertices.
+    shape : (rows, cols)
+
+    Returns
+    -------
+    ndarray of shape ``shape``, int32
+        Outline ``i`` (0-based) is label ``i + 1``; later outlines are drawn over
+        earlier ones where they overlap.
+    """
+    from skimage.draw import polygon
+
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, points in enumerate(polygons, start=1):
+        rows, cols = polygon(points[:, 1], points[:, 0], shape)
+        labels[rows, cols] = index
+    return labels

@@ -33,11 +33,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from skimage.color import hed2rgb, rgb2hed
-from skimage.draw import polygon
 from skimage.measure import label, regionprops
 from skimage.transform import AffineTransform, warp
 
-from .imagescope import read_imagescope_xml
+from .imagescope import rasterise, read_imagescope_xml
 from .unet import UNetCard, create_unet, save_unet
 
 logger = logging.getLogger(__name__)
@@ -68,15 +67,6 @@ class Tile:
     instances: np.ndarray
     distance_weight: np.ndarray
     mpp: float
-
-
-def rasterise(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Instance labels 1..n of polygons ``(x, y)``, later ones drawn on top."""
-    labels = np.zeros(shape, dtype=np.int32)
-    for index, points in enumerate(polygons, start=1):
-        rows, cols = polygon(points[:, 1], points[:, 0], shape)
-        labels[rows, cols] = index
-    return labels
 
 
 def single_nuclei(mask: np.ndarray, mpp: float) -> np.ndarray:
