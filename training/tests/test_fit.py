@@ -230,3 +230,40 @@ def test_two_processes_train_together_under_torchrun(crop_dataset, tmp_path):
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert meta["versions"]["processes"] == "2"
     assert [r["images_seen"] for r in records] == [8, 16, 24, 32]
+
+
+def test_init_from_an_exported_encoder_and_the_card_adds_up_training(
+    crop_dataset, tmp_path
+):
+    import json
+
+    first = fit(tiny_config(crop_dataset, tmp_path / "first", **{"optim.steps": 1}))
+    exported = export_run(first, tmp_path / "first.safetensors")
+    config = {"run.init_from": str(exported), "optim.steps": 1, "optim.base_lr": 0.0}
+    second = fit(tiny_config(crop_dataset, tmp_path / "second", **config))
+
+    # the encoder starts from the exported (fp16) weights; heads start fresh
+    start = load_encoder(exported, device="cpu").model.state_dict()
+    weights = final_weights(second)
+    key = "blocks.0.mlp.fc1.weight"
+    torch.testing.assert_close(weights[f"encoder.{key}"], start[key])
+
+    # the continued encoder's card carries the first run's record
+    card = json.loads(
+        export_run(second, tmp_path / "b.safetensors").with_suffix(".json").read_text()
+    )
+    earlier = card["training"]["continued_from"]
+    first_card = json.loads(exported.with_suffix(".json").read_text())
+    assert earlier["sha256"] == first_card["sha256"]
+    assert earlier["training"]["steps"] == 1
+
+
+def test_init_from_a_checkpoint_of_another_architecture_is_refused(
+    crop_dataset, tmp_path
+):
+    first = fit(tiny_config(crop_dataset, tmp_path / "first", **{"optim.steps": 1}))
+    exported = export_run(first, tmp_path / "first.safetensors")
+    config = {"run.init_from": str(exported), "model.depth": 3}
+
+    with pytest.raises(ConfigError, match="another architecture"):
+        fit(tiny_config(crop_dataset, tmp_path / "run", **config))

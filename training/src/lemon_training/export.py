@@ -91,6 +91,25 @@ def _training_record(run: Path, cfg: Config, state: dict) -> dict[str, Any]:
         "config": cfg,
         "git_commit": meta.get("git_commit", "unknown"),
         "versions": meta.get("versions", {}),
+        "continued_from": _earlier_training(cfg["run"]["init_from"]),
+    }
+
+
+def _earlier_training(init_from: str | None) -> dict[str, Any] | None:
+    """The training record of the encoder checkpoint a run started from, so
+    that a continued encoder's card adds up all of its training."""
+    from napari_lemon.checkpoint import BUNDLED_NAME, WEIGHTS_DIR
+
+    if not init_from:
+        return None
+    if init_from == "bundled":
+        init_from = str(WEIGHTS_DIR / f"{BUNDLED_NAME}.safetensors")
+    card = Path(init_from).with_suffix(".json")
+    if not card.is_file():  # another run's folder: its config says the rest
+        return {"run": init_from}
+    earlier = json.loads(card.read_text())
+    return {"name": earlier.get("name"), "sha256": earlier.get("sha256")} | {
+        "training": earlier.get("training", {})
     }
 
 
