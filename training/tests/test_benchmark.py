@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -197,6 +197,49 @@ def test_a_class_rarer_than_the_folds_is_refused():
         make_folds(groups, labels, n_folds=5)
 
 
+def test_a_class_in_fewer_groups_than_folds_is_refused():
+    # many nuclei of 'rare', but all in two images: three test folds would lack it
+    groups = np.repeat(np.arange(10), 10)
+    labels = np.where(groups < 2, "rare", "common")
+
+    with pytest.raises(ValueError, match=r"\{'rare': 2\} occur in fewer groups"):
+        make_folds(groups, labels, n_folds=5)
+
+
+def test_every_test_fold_holds_every_class():
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 20, 600)
+    labels = rng.choice(["a", "b", "c"], 600, p=[0.8, 0.15, 0.05])
+
+    for _, test in make_folds(groups, labels, n_folds=5, seed=0):
+        assert set(labels[test]) == {"a", "b", "c"}
+
+
+def test_the_dataset_fingerprint_follows_pixel_size_and_task(blob_folder):
+    dataset = load_probe_dataset(str(blob_folder), blob_folder.parent)
+    other_scale = dataclasses.replace(dataset, mpp=dataset.mpp * 2)
+
+    assert other_scale.fingerprint() != dataset.fingerprint()
+    assert dataclasses.replace(dataset).fingerprint() == dataset.fingerprint()
+
+
+def test_the_cache_key_of_an_encoder_follows_its_weights_and_statistics():
+    import torch
+
+    from lemon_training.evaluate.encoders import weights_key
+    from napari_lemon.encoder import Encoder, EncoderCard, create_vit
+
+    def encoder(seed: int, **card_fields) -> Encoder:
+        card = EncoderCard(name="same-name", embed_dim=32, depth=1, num_heads=2)
+        card = dataclasses.replace(card, **card_fields)
+        torch.manual_seed(seed)
+        return Encoder(create_vit(card), card, "cpu")
+
+    assert weights_key(encoder(0)) == weights_key(encoder(0))
+    assert weights_key(encoder(0)) != weights_key(encoder(1))  # same name and card
+    assert weights_key(encoder(0)) != weights_key(encoder(0, mean=(0.5,) * 3))
+
+
 def test_fewer_groups_than_folds_is_refused():
     with pytest.raises(ValueError, match="n_folds=5 must be between 2 and .* 3"):
         make_folds(np.array([0, 1, 2, 0, 1, 2]), n_folds=5)
@@ -241,11 +284,14 @@ def test_cross_validate_checks_task_and_lengths():
 # --- encoders ---------------------------------------------------------------
 
 
-def test_checkpoint_path_encoder_embeds_with_its_hash(random_encoder_path):
-    encoder = create_probe_encoder(str(random_encoder_path), device="cpu")
-    card = json.loads(random_encoder_path.with_suffix(".json").read_text())
+def test_checkpoint_path_encoder_embeds_keyed_by_its_weights(random_encoder_path):
+    from lemon_training.evaluate.encoders import weights_key
+    from napari_lemon.checkpoint import load_encoder
 
-    assert (encoder.name, encoder.key) == ("random", card["sha256"][:16])
+    encoder = create_probe_encoder(str(random_encoder_path), device="cpu")
+    loaded = load_encoder(random_encoder_path, device="cpu")
+
+    assert (encoder.name, encoder.key) == ("random", weights_key(loaded))
     assert encoder.embed(crops_of(3)).shape == (3, 384)
 
 

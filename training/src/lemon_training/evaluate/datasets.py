@@ -96,8 +96,9 @@ class ProbeDataset:
         return self.nuclei["group"].astype(str).to_numpy()
 
     def fingerprint(self) -> str:
-        """Short hash of the nuclei and targets: the key of cached embeddings."""
-        digest = hashlib.sha256(self.name.encode())
+        """Short hash of the nuclei, targets, task and pixel size: the key of
+        cached crops and embeddings."""
+        digest = hashlib.sha256(f"{self.name}|{self.task}|{self.mpp!r}".encode())
         columns = ["image", "x", "y", *self.targets]
         digest.update(self.nuclei[columns].to_csv(index=False).encode())
         return digest.hexdigest()[:12]

@@ -67,12 +67,29 @@ class ProbeEncoder:
 def _from_lemon(name: str, encoder, batch_size: int) -> ProbeEncoder:
     """Wrap a :class:`napari_lemon.encoder.Encoder`."""
     card = encoder.card
-    key = card.sha256[:16] if card.sha256 else hashlib.sha256(name.encode()).hexdigest()
+    key = weights_key(encoder)
 
     def embed(crops: np.ndarray, progress: Progress = None) -> np.ndarray:
         return encoder.embed(crops, batch_size=batch_size, progress=progress)
 
     return ProbeEncoder(name, key, card.crop_size, card.mpp, embed)
+
+
+def weights_key(encoder) -> str:
+    """Hash of what an encoder computes: its weights and its preprocessing.
+
+    Hashing the loaded tensors, not a file name or the card's recorded sha256,
+    means a replaced weights file or other normalisation statistics can never
+    reuse stale embeddings.
+    """
+    card = encoder.card
+    digest = hashlib.sha256(
+        repr((card.mean, card.std, card.mpp, card.crop_size)).encode()
+    )
+    for name, tensor in sorted(encoder.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def random_encoder(seed: int = 0, device: str = "cpu", batch_size: int = 256):
@@ -93,8 +110,9 @@ def handcrafted_encoder(mpp: float = 0.25, crop_size: int = 40) -> ProbeEncoder:
     """Shape, colour and texture features of the nucleus in each crop."""
     from napari_lemon import handcrafted
 
-    names = ",".join(handcrafted.FEATURE_NAMES)
-    key = "handcrafted-" + hashlib.sha256(names.encode()).hexdigest()[:8]
+    # the module's source is the key: any change to the features recomputes them
+    source = Path(handcrafted.__file__).read_bytes()
+    key = "handcrafted-" + hashlib.sha256(source).hexdigest()[:8]
 
     def embed(crops: np.ndarray, progress: Progress = None) -> np.ndarray:
         table = handcrafted.nucleus_features(crops, mpp=mpp, progress=progress)

@@ -80,17 +80,31 @@ def make_folds(
         splitter = GroupKFold(n_splits=n_folds)
         return list(splitter.split(groups, groups=groups))
 
-    classes, counts = np.unique(np.asarray(labels), return_counts=True)
-    if counts.min() < n_folds:
+    # every test fold needs each class, so each class needs n_folds groups
+    labels = np.asarray(labels)
+    pairs = np.unique(np.stack([labels.astype(str), groups.astype(str)]), axis=1)
+    classes, n_class_groups = np.unique(pairs[0], return_counts=True)
+    if n_class_groups.min() < n_folds:
         rare = {
-            str(c): int(k) for c, k in zip(classes, counts, strict=True) if k < n_folds
+            str(c): int(k)
+            for c, k in zip(classes, n_class_groups, strict=True)
+            if k < n_folds
         }
         raise ValueError(
-            f"class(es) {rare} have fewer nuclei than n_folds={n_folds}; every "
-            "test fold needs each class: lower --folds, or drop or merge the class"
+            f"class(es) {rare} occur in fewer groups (images or slides) than "
+            f"n_folds={n_folds}; every test fold needs each class: lower --folds, "
+            "or drop or merge the class"
         )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return list(splitter.split(groups, labels, groups=groups))
+    folds = list(splitter.split(groups, labels, groups=groups))
+    for i, (_, test) in enumerate(folds):
+        missing = sorted(set(classes) - set(labels[test].astype(str)))
+        if missing:
+            raise ValueError(
+                f"test fold {i} of {n_folds} (seed={seed}) holds no nuclei of "
+                f"{missing}; lower --folds or try another --seed"
+            )
+    return folds
 
 
 def score_classification(
@@ -114,9 +128,7 @@ def score_classification(
     with threadpool_limits(BLAS_THREADS, user_api="blas"):
         probe.fit(train_x, train_y)
         predicted = probe.predict(test_x)
-    with warnings.catch_warnings():  # a test fold may lack a predicted class
-        warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(test_y, predicted))
+    return float(balanced_accuracy_score(test_y, predicted))
 
 
 def score_regression(
