@@ -14,7 +14,8 @@ Usage::
     python benchmarks/segmentation.py [--data ../shared/data]
         [--segmenters classical unet] [--splits test train]
         [--out benchmarks/results/segmentation.json]
-        [--set classical.min_area_um2=12] [--set unet.marker_threshold=0.4]
+        [--set classical.min_area_um2=12] [--set unet.marker_height=0.1]
+    python benchmarks/segmentation.py --report benchmarks/results/segmentation.json
 
 Data: MoNuSeg 2018 (Kumar et al., IEEE TMI 36(7), 2017 and 39(5), 2020), the
 14 official test tiles and the 13 annotated training tiles; CMU-1-Small-Region
@@ -149,6 +150,50 @@ def markdown_table(split: dict) -> str:
     return "\n".join(lines)
 
 
+def report(results: dict) -> str:
+    """Segmenters side by side: mean scores per split, then AJI and PQ per tile."""
+    names = list(results["segmenters"])
+    runs = results["segmenters"]
+    splits = [k for k in ("test", "train") if all(k in runs[n] for n in names)]
+    lines = [
+        "| segmenter | set | GT | predicted | AJI | PQ | DQ | SQ | F1 | P | R "
+        "| centroid F1 | Mpx per CPU-s |",
+        "|---|---|---:|---:|" + "---:|" * 9,
+    ]
+    for split in splits:
+        for name in names:
+            overall = runs[name][split]["overall"]
+            values = " | ".join(
+                f"{overall['mean'][k]:.3f}" for k in SCORES + ("centroid_f1",)
+            )
+            lines.append(
+                f"| {name} | {split} | {overall['n_gt']:,} | {overall['n_pred']:,} "
+                f"| {values} | {overall['mpx_per_cpu_s']:.2f} |"
+            )
+    for split in splits:
+        header = " | ".join(f"{n} AJI | {n} PQ" for n in names)
+        lines += ["", f"MoNuSeg {split}, per tile:", ""]
+        lines += [f"| tile | GT | {header} |", "|---|---:|" + "---:|" * 2 * len(names)]
+        for rows in zip(*(runs[n][split]["tiles"] for n in names), strict=True):
+            cells = " | ".join(f"{r['aji']:.3f} | {r['pq']:.3f}" for r in rows)
+            lines.append(f"| {rows[0]['tile']} | {rows[0]['n_gt']} | {cells} |")
+    cmu1 = [n for n in names if "cmu1" in runs[n]]
+    if cmu1:
+        lines += [
+            "",
+            "| CMU-1-Small-Region (20x) | nuclei | area p10 / p50 / p90 um2 "
+            "| Mpx per CPU-s |",
+            "|---|---:|---:|---:|",
+        ]
+        for n in cmu1:
+            c = runs[n]["cmu1"]
+            area = " / ".join(f"{a:g}" for a in c["area_um2_p10_p50_p90"])
+            lines.append(
+                f"| {n} | {c['n_nuclei']:,} | {area} | {c['mpx_per_cpu_s']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def parse_overrides(pairs: list[str], segmenters: list[str]) -> dict[str, dict]:
     """``[segmenter.]name=value`` strings -> parameters per segmenter.
 
@@ -227,11 +272,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--skip-cmu1", action="store_true")
     parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="print the Markdown tables of a recorded run and exit",
+    )
+    parser.add_argument(
         "--write-card",
         action="store_true",
         help="record the U-Net's scores in the card of the weights it used",
     )
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return
     overrides = parse_overrides(args.set, args.segmenters)
     if "unet" in args.segmenters:
         import torch
