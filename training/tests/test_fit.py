@@ -267,3 +267,75 @@ def test_init_from_a_checkpoint_of_another_architecture_is_refused(
 
     with pytest.raises(ConfigError, match="another architecture"):
         fit(tiny_config(crop_dataset, tmp_path / "run", **config))
+
+
+@pytest.fixture(scope="module")
+def finished_run(crop_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    return fit(tiny_config(crop_dataset, out, **{"optim.steps": 1}))
+
+
+def test_export_puts_a_benchmark_table_in_the_card(finished_run, tmp_path):
+    from lemon_training.evaluate.table import ProbeResult, write_tables
+
+    results = [
+        ProbeResult("mine", "crc", "classification", "balanced_accuracy", [0.6, 0.7]),
+        ProbeResult("random", "crc", "classification", "balanced_accuracy", [0.5]),
+        ProbeResult(
+            "official",
+            "crc",
+            "classification",
+            "balanced_accuracy",
+            status="skipped: offline",
+        ),
+    ]
+    folds = write_tables(results, tmp_path / "bench")["folds.json"]
+    out = tmp_path / "enc.safetensors"
+
+    status = cli_main(
+        ["export", str(finished_run), "--out", str(out), "--benchmarks", str(folds)]
+    )
+
+    assert status == 0
+    probe = json.loads(out.with_suffix(".json").read_text())["benchmarks"][
+        "crc_linear_probe"
+    ]
+    assert probe["metric"] == "balanced_accuracy"
+    assert probe["encoders"]["mine"] == {
+        "mean": 0.65,
+        "sd": 0.0707,
+        "folds": [0.6, 0.7],
+    }
+    assert set(probe["encoders"]) == {"mine", "random"}  # the skipped one left out
+
+
+def test_export_records_a_json_object_as_it_is(finished_run, tmp_path):
+    extra = tmp_path / "extra.json"
+    extra.write_text('{"note": {"value": 1}}')
+    out = tmp_path / "enc.safetensors"
+
+    cli_main(
+        ["export", str(finished_run), "--out", str(out), "--benchmarks", str(extra)]
+    )
+
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["benchmarks"] == {"note": {"value": 1}}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"), [("{not json", "cannot read it as JSON"), ("3", "got int")]
+)
+def test_export_refuses_benchmarks_that_are_not_results(
+    finished_run, tmp_path, capsys, text, match
+):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    out = tmp_path / "enc.safetensors"
+
+    status = cli_main(
+        ["export", str(finished_run), "--out", str(out), "--benchmarks", str(bad)]
+    )
+
+    assert status == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()  # nothing written

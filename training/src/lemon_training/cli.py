@@ -46,11 +46,31 @@ def cmd_probe(args) -> None:
 def cmd_export(args) -> None:
     from .export import export_run
 
-    benchmarks = (
-        json.loads(Path(args.benchmarks).read_text()) if args.benchmarks else {}
-    )
-    path = export_run(args.run, args.out, benchmarks)
+    path = export_run(args.run, args.out, _card_benchmarks(args.benchmarks))
     print(f"exported {path} (+ {path.with_suffix('.json').name})")
+
+
+def _card_benchmarks(path: str | None) -> dict:
+    """Results for the card: a benchmark's ``folds.json`` (made into its
+    table) or a JSON object recorded as it is."""
+    from .evaluate.table import card_benchmarks, read_results
+
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(
+            f"--benchmarks {path}: cannot read it as JSON ({err})"
+        ) from None
+    if isinstance(data, list):
+        return card_benchmarks(read_results(path))
+    if not isinstance(data, dict):
+        raise UserError(
+            f"--benchmarks {path}: expected a benchmark's folds.json or a JSON "
+            f"object, got {type(data).__name__}"
+        )
+    return data
 
 
 def _fit_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run as safetensors + card")
     p.add_argument("run")
     p.add_argument("--out", required=True)
-    p.add_argument("--benchmarks", help="JSON file of results to put in the card")
+    p.add_argument(
+        "--benchmarks",
+        help="results to put in the card: the folds.json of `lemon-train "
+        "benchmark`, or any JSON object",
+    )
     p.set_defaults(func=cmd_export)
     return parser
 

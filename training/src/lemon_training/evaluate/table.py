@@ -20,6 +20,12 @@ import numpy as np
 import pandas as pd
 
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "pearson_r": "Pearson r"}
+PROTOCOLS = {
+    "classification": "lemon-train benchmark: class-balanced logistic regression on "
+    "standardised embeddings, folds grouped by image or slide",
+    "regression": "lemon-train benchmark: ridge regression on standardised "
+    "embeddings, Pearson r averaged over targets, folds grouped by image or slide",
+}
 
 
 @dataclass
@@ -128,6 +134,32 @@ def write_tables(results: list[ProbeResult], out: str | Path) -> dict[str, Path]
     records = [asdict(r) | {"mean": r.mean, "sd": r.sd} for r in results]
     paths["folds.json"].write_text(json.dumps(records, indent=2) + "\n")
     return paths
+
+
+def card_benchmarks(results: list[ProbeResult]) -> dict:
+    """The table as a checkpoint card records it: per dataset, each encoder's
+    mean, sd and per-fold scores (skipped encoders left out)."""
+    out: dict[str, dict] = {}
+    for r in results:
+        if r.status != "ok":
+            continue
+        entry = out.setdefault(
+            f"{r.dataset}_linear_probe",
+            {
+                "metric": r.metric,
+                "protocol": PROTOCOLS[r.task],
+                "folds": len(r.folds),
+                "nuclei": r.n_nuclei,
+                "groups": r.n_groups,
+                "encoders": {},
+            },
+        )
+        entry["encoders"][r.encoder] = {
+            "mean": round(r.mean, 4),
+            "sd": round(r.sd, 4),
+            "folds": [round(f, 4) for f in r.folds],
+        }
+    return out
 
 
 def read_results(path: str | Path) -> list[ProbeResult]:
