@@ -32,11 +32,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe
 
 import napari_lemon
 from lemon_training.data.curate import CurateOptions, curate
@@ -171,7 +172,7 @@ def main() -> None:
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "napari_lemon": napari_lemon.__version__,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "machine": describe(),
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "curation": curation,
         "loader": {"dataset": name, "batch_size": BATCH, "rows": loader},

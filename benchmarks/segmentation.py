@@ -35,6 +35,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from machine import describe
 
 import napari_lemon
 from napari_lemon.segment import PARAMS, create_segmenter
@@ -222,16 +223,6 @@ def _typed(value: str, annotation: str):
     return value if annotation == "str" else float(value)
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what ``platform`` reports."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def benchmark(name: str, params: dict, args: argparse.Namespace) -> dict:
     """Every split, then the 20x slide, for one segmenter."""
     segment = create_segmenter(name, **params)
@@ -300,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     # provenance
     results["machine"] = {
         "cpu_count": os.cpu_count(),
-        "processor": cpu_model(),
+        "processor": describe(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch_threads": args.threads,

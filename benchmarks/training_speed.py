@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from datetime import date
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe
 
 RECIPES = {
     "mocov3 ViT-S/8 a1": {"method.name": "mocov3", "augment.policy": "a1"},
@@ -153,7 +153,7 @@ def main() -> None:
 
     result = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor()}",
+        "machine": describe(),
         "device": torch.cuda.get_device_name() if "cuda" in args.device else "cpu",
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,

@@ -482,3 +482,50 @@ def test_benchmark_command_line_writes_and_prints_the_table(
         "table.csv",
         "folds.json",
     }
+
+
+def test_the_table_is_recorded_in_a_checkpoint_card(
+    blob_folder, tmp_path, random_encoder_path
+):
+    import json
+    import shutil
+
+    checkpoint = tmp_path / "mine.safetensors"
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(
+            random_encoder_path.with_suffix(suffix), checkpoint.with_suffix(suffix)
+        )
+    parser = argparse.ArgumentParser()
+    add_benchmark_arguments(parser)
+    args = parser.parse_args(
+        ["--encoder", "handcrafted", "--dataset", str(blob_folder), "--folds", "3"]
+        + ["--out", str(tmp_path / "table"), "--card", str(checkpoint)]
+    )
+
+    results = run_benchmark(args)
+
+    card = json.loads(checkpoint.with_suffix(".json").read_text())
+    entry = card["benchmarks"]["blobs_linear_probe"]
+    assert entry["encoders"]["handcrafted"]["folds"] == [
+        round(f, 4) for f in results[0].folds
+    ]
+    assert entry["folds"] == 3 and entry["metric"] == "balanced_accuracy"
+    assert (
+        card["sha256"]
+        == json.loads(random_encoder_path.with_suffix(".json").read_text())["sha256"]
+    )  # the rest of the card is kept
+
+
+def test_a_card_that_does_not_exist_is_refused_before_any_work(
+    blob_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(benchmark_module, "benchmark", None)  # never reached
+    parser = argparse.ArgumentParser()
+    add_benchmark_arguments(parser)
+    args = parser.parse_args(
+        ["--encoder", "handcrafted", "--dataset", str(blob_folder)]
+        + ["--card", str(tmp_path / "missing.safetensors")]
+    )
+
+    with pytest.raises(FileNotFoundError, match="no card missing.json beside it"):
+        run_benchmark(args)

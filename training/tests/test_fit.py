@@ -339,3 +339,17 @@ def test_export_refuses_benchmarks_that_are_not_results(
     assert status == 2
     assert match in capsys.readouterr().err
     assert not out.exists()  # nothing written
+
+
+def test_the_card_counts_the_training_inputs_without_their_paths(
+    finished_run, tmp_path
+):
+    card = json.loads(
+        export_run(finished_run, tmp_path / "enc.safetensors")
+        .with_suffix(".json")
+        .read_text()
+    )
+
+    data = card["training"]["data"]
+    assert data["n_crops"] == 24 and data["n_inputs"] == 1
+    assert "shards" not in data  # where the inputs lay on the training machine

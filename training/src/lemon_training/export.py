@@ -81,7 +81,7 @@ def _training_record(run: Path, cfg: Config, state: dict) -> dict[str, Any]:
     return {
         "method": METHOD_NAMES.get(cfg["method"]["name"], cfg["method"]["name"]),
         "augmentation": cfg["augment"]["policy"],
-        "data": manifest,
+        "data": _data_summary(manifest),
         "images_seen": state["images_seen"],
         "steps": state["step"],
         "batch_size": cfg["optim"]["batch_size"],
@@ -93,6 +93,16 @@ def _training_record(run: Path, cfg: Config, state: dict) -> dict[str, Any]:
         "versions": meta.get("versions", {}),
         "continued_from": _earlier_training(cfg["run"]["init_from"]),
     }
+
+
+def _data_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The crop manifest without its per-shard rows: counts per source, split,
+    method and cell type travel with the weights, the paths of the inputs on
+    the training machine do not."""
+    summary = {k: v for k, v in manifest.items() if k != "shards"}
+    if "shards" in manifest:
+        summary["n_inputs"] = len(manifest["shards"])
+    return summary
 
 
 def _earlier_training(init_from: str | None) -> dict[str, Any] | None:

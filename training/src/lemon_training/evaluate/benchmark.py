@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 import warnings
@@ -26,7 +27,7 @@ import numpy as np
 from .datasets import ProbeDataset, load_probe_dataset
 from .encoders import EncoderUnavailable, ProbeEncoder, create_probe_encoder
 from .probe import METRICS, cross_validate, make_folds
-from .table import ProbeResult, markdown_table, write_tables
+from .table import ProbeResult, card_benchmarks, markdown_table, write_tables
 
 logger = logging.getLogger("lemon_training")
 
@@ -245,10 +246,40 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--card",
+        metavar="CHECKPOINT",
+        help="also record the table in the JSON card of this checkpoint "
+        "('bundled' or a .safetensors path)",
+    )
+
+
+def card_path(checkpoint: str) -> Path:
+    """The JSON card of ``checkpoint`` ('bundled' or a .safetensors path)."""
+    from napari_lemon.checkpoint import BUNDLED_NAME, WEIGHTS_DIR
+
+    if checkpoint == "bundled":
+        return WEIGHTS_DIR / f"{BUNDLED_NAME}.json"
+    path = Path(checkpoint).with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--card {checkpoint}: no card {path.name} beside it; give 'bundled' or "
+            "a checkpoint written by `lemon-train export`"
+        )
+    return path
+
+
+def record_in_card(results: list[ProbeResult], card: Path) -> None:
+    """Merge the table into the card's ``benchmarks`` (one entry per dataset)."""
+    record = json.loads(card.read_text())
+    record["benchmarks"] = record.get("benchmarks") or {}
+    record["benchmarks"].update(card_benchmarks(results))
+    card.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def run_benchmark(args: argparse.Namespace) -> list[ProbeResult]:
     """Run ``lemon-train benchmark`` from parsed arguments; print the table."""
+    card = card_path(args.card) if args.card else None  # refused before the work
     results = benchmark(
         encoders=args.encoder,
         datasets=args.dataset or ["crc"],
@@ -263,4 +294,7 @@ def run_benchmark(args: argparse.Namespace) -> list[ProbeResult]:
     )
     print(markdown_table(results))
     print(f"wrote table.md, table.csv and folds.json to {args.out}")
+    if card:
+        record_in_card(results, card)
+        print(f"recorded the table in {card}")
     return results
