@@ -190,6 +190,17 @@ def test_slide_without_mpp_asks_for_it(capsys, shared_data, tmp_path):
     assert "records no pixel size (mpp); pass --mpp" in err
 
 
+def test_a_wrong_mpp_is_refused_in_one_line(capsys, tmp_path):
+    image = tmp_path / "tile.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(image)
+    argv = ["segment", image, "--mpp", "5", "--out", tmp_path / "labels.tif"]
+
+    err = run_error(capsys, argv)
+
+    assert "mpp=5 is outside 0.05-2 um/px" in err
+    assert not (tmp_path / "labels.tif").exists()
+
+
 @pytest.fixture
 def wrong_weights(tmp_path):
     """A narrow, shallow ViT's weights under the card of the LEMON encoder."""

@@ -241,6 +241,14 @@ def test_nonpositive_mpp_is_refused(mpp):
         segment_classical(draw_field(0.5), mpp)
 
 
+@pytest.mark.parametrize("name", ["classical", "unet"])
+@pytest.mark.parametrize("mpp", [0.01, 5.0])
+def test_an_implausible_mpp_is_refused_before_any_resampling(name, mpp):
+    # a wrong --mpp would blow a tile up 10x per axis, or shrink nuclei to dots
+    with pytest.raises(ValueError, match=r"outside 0.05-2 um/px.*check the pixel"):
+        segment_nuclei(draw_field(0.5), mpp, segmenter=name)
+
+
 def test_grey_image_is_refused():
     with pytest.raises(ValueError, match=r"shape \(20, 20\).*needs an RGB"):
         segment_classical(np.zeros((20, 20), np.uint8), 0.5)

@@ -25,7 +25,7 @@ import numpy as np
 from skimage.transform import resize
 
 from .._slide_backends import as_rgb_uint8
-from .nuclei import Nuclei, nuclei_from_labels
+from .nuclei import Nuclei, check_mpp, nuclei_from_labels
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _weights_message(segmenter: str, model: str, err: Exception | str) -> str:
 
 
 def _check_image(image: np.ndarray, mpp: float) -> np.ndarray:
-    _check_positive("mpp", mpp)
+    check_mpp(mpp)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
         raise ValueError(

@@ -32,7 +32,13 @@ from skimage.segmentation import watershed
 from skimage.transform import resize
 
 from .._slide_backends import as_rgb_uint8
-from .nuclei import Nuclei, label_centroids, nuclei_from_labels, star_outlines
+from .nuclei import (
+    Nuclei,
+    check_mpp,
+    label_centroids,
+    nuclei_from_labels,
+    star_outlines,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -191,11 +197,7 @@ def _tissue_density(image: np.ndarray) -> np.ndarray:
 
 
 def _check_image(image: np.ndarray, mpp: float) -> np.ndarray:
-    if not isinstance(mpp, (int, float)) or not np.isfinite(mpp) or mpp <= 0:
-        raise ValueError(
-            f"mpp={mpp!r} must be a positive number of microns per pixel "
-            "(e.g. 0.25 for 40x, 0.5 for 20x)"
-        )
+    check_mpp(mpp)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise ValueError(

@@ -62,6 +62,28 @@ class Nuclei:
         )
 
 
+MPP_RANGE = (0.05, 2.0)  # scales at which nuclei (5-15 um) can be segmented
+
+
+def check_mpp(mpp: float) -> float:
+    """``mpp`` if it is a plausible pixel size for segmenting nuclei, else an
+    error that says what to check (a wrong mpp would resample the image by
+    the same wrong factor: far too large, or to a few pixels)."""
+    if not isinstance(mpp, (int, float)) or not np.isfinite(mpp) or mpp <= 0:
+        raise ValueError(
+            f"mpp={mpp!r} must be a positive number of microns per pixel "
+            "(e.g. 0.25 for 40x, 0.5 for 20x)"
+        )
+    low, high = MPP_RANGE
+    if not low <= mpp <= high:
+        raise ValueError(
+            f"mpp={mpp:g} is outside {low:g}-{high:g} um/px, the scales at which "
+            "nuclei can be segmented; check the pixel size (0.25 for 40x, 0.5 for "
+            "20x, 1 for 10x)"
+        )
+    return float(mpp)
+
+
 def label_centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels present, their centres of mass and pixel counts.
 

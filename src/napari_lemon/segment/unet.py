@@ -37,7 +37,7 @@ from skimage.segmentation import watershed
 from skimage.transform import resize
 
 from .._slide_backends import as_rgb_uint8
-from .nuclei import Nuclei, nuclei_from_labels
+from .nuclei import Nuclei, check_mpp, nuclei_from_labels
 
 if TYPE_CHECKING:
     import torch
@@ -483,11 +483,7 @@ def _nearest(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def _check_image(image: np.ndarray, mpp: float) -> np.ndarray:
     """RGB uint8 from RGB(A) or grey uint8/uint16 input; refuse anything else."""
-    if not isinstance(mpp, (int, float)) or not np.isfinite(mpp) or mpp <= 0:
-        raise ValueError(
-            f"mpp={mpp!r} must be a positive number of microns per pixel "
-            "(e.g. 0.25 for 40x, 0.5 for 20x)"
-        )
+    check_mpp(mpp)
     image = np.asarray(image)
     channels = image.shape[2] if image.ndim == 3 else 1
     if image.ndim not in (2, 3) or channels not in (1, 2, 3, 4):
