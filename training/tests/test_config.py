@@ -72,3 +72,29 @@ def test_differences_list_changed_keys_except_ignored_ones():
     b = resolve({"optim.steps": 6, "run.threads": 2})
 
     assert differences(a, b, ignore=["run.threads"]) == ["optim.steps: 5 -> 6"]
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        (
+            "optim.steps=abc",
+            r"optim.steps='abc' must be a whole number \(default 400\)",
+        ),
+        ("optim.steps=2.5", "optim.steps=2.5 must be a whole number"),
+        ("optim.batch_size=0", "optim.batch_size=0 must be greater than 0"),
+        ("optim.steps=-1", "optim.steps=-1 must be greater than 0"),
+        ("optim.base_lr=fast", "optim.base_lr='fast' must be a number"),
+        ("optim.warmup_steps=-5", "optim.warmup_steps=-5 must be 0 or more"),
+        ("optim.max_minutes=0", "optim.max_minutes=0 must be greater than 0"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_or_range_is_refused(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[override])
+
+
+def test_numbers_of_a_compatible_kind_and_unset_keys_pass():
+    cfg = resolve({"optim.base_lr": 1, "optim.max_minutes": 0.5, "run.threads": None})
+
+    assert cfg["optim"]["base_lr"] == 1 and cfg["optim"]["max_minutes"] == 0.5

@@ -353,3 +353,15 @@ def test_the_card_counts_the_training_inputs_without_their_paths(
     data = card["training"]["data"]
     assert data["n_crops"] == 24 and data["n_inputs"] == 1
     assert "shards" not in data  # where the inputs lay on the training machine
+
+
+def test_a_bad_value_is_one_line_and_leaves_no_run_folder(
+    crop_dataset, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = ["fit", f"data.path={crop_dataset}", f"run.out={out}", "optim.batch_size=0"]
+
+    assert cli_main(argv) == 2
+
+    assert "optim.batch_size=0 must be greater than 0" in capsys.readouterr().err
+    assert not out.exists()

@@ -73,12 +73,58 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         config = merge(config, yaml.safe_load(path.read_text()) or {}, str(path))
-    return merge(config, parse_overrides(overrides), "the command line")
+    return check_values(merge(config, parse_overrides(overrides), "the command line"))
 
 
 def resolve(config: dict[str, Any] | None = None) -> Config:
     """A complete config from a partial one (nested or dotted keys)."""
-    return merge(defaults(), config or {}, "the config")
+    return check_values(merge(defaults(), config or {}, "the config"))
+
+
+# keys that must be > 0 (or >= 0) when set; None means "not set" where allowed
+POSITIVE = (
+    "optim.batch_size",
+    "optim.steps",
+    "optim.max_minutes",
+    "optim.clip_grad",
+    "run.threads",
+    "run.log_every",
+    "run.checkpoint_every",
+    "mocov3.temperature",
+)
+NON_NEGATIVE = (
+    "optim.base_lr",  # 0 trains nothing: a run that only checks the pipeline
+    "optim.warmup_steps",
+    "optim.weight_decay",
+    "data.memory_limit_gb",
+)
+
+
+def check_values(config: Config) -> Config:
+    """``config`` if each number is a number of the default's kind and in
+    range, else a :class:`ConfigError` naming the key, the value and the
+    default."""
+    default = dict(_flatten(defaults()))
+    for name, value in _flatten(config):
+        kind = type(default.get(name))
+        if kind in (int, float) and value is not None:
+            integral = isinstance(value, int) and not isinstance(value, bool)
+            number = integral or isinstance(value, float)
+            if not number or (kind is int and not integral):
+                what = "a whole number" if kind is int else "a number"
+                raise ConfigError(
+                    f"{name}={value!r} must be {what} (default {default[name]!r})"
+                )
+    flat = dict(_flatten(config))
+    for name in POSITIVE + NON_NEGATIVE:
+        value = flat.get(name)
+        if value is None or not isinstance(value, (int, float)):
+            continue
+        strict = name in POSITIVE
+        if value < 0 or (strict and value == 0):
+            bound = "greater than 0" if strict else "0 or more"
+            raise ConfigError(f"{name}={value!r} must be {bound}")
+    return config
 
 
 def differences(a: Config, b: Config, ignore: Iterable[str] = ()) -> list[str]:
