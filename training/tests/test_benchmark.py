@@ -529,3 +529,31 @@ def test_a_card_that_does_not_exist_is_refused_before_any_work(
 
     with pytest.raises(FileNotFoundError, match="no card missing.json beside it"):
         run_benchmark(args)
+
+
+def test_a_card_keeps_the_rows_of_encoders_not_rerun(tmp_path):
+    import json
+
+    from lemon_training.evaluate.benchmark import record_in_card
+    from lemon_training.evaluate.table import ProbeResult
+
+    def result(name, folds, n=100):
+        r = ProbeResult(name, "crc", "classification", "balanced_accuracy", folds)
+        r.n_nuclei, r.n_groups = n, 10
+        return r
+
+    card = tmp_path / "mine.json"
+    card.write_text(json.dumps({"name": "mine", "sha256": "abc"}))
+    record_in_card([result("mine", [0.6, 0.7]), result("random", [0.5, 0.5])], card)
+
+    record_in_card([result("handcrafted", [0.8, 0.8])], card)  # same protocol
+    encoders = json.loads(card.read_text())["benchmarks"]["crc_linear_probe"][
+        "encoders"
+    ]
+    assert set(encoders) == {"mine", "random", "handcrafted"}
+
+    record_in_card([result("handcrafted", [0.8, 0.8], n=50)], card)  # other nuclei
+    encoders = json.loads(card.read_text())["benchmarks"]["crc_linear_probe"][
+        "encoders"
+    ]
+    assert set(encoders) == {"handcrafted"}

@@ -216,6 +216,11 @@ def test_export_of_an_unfinished_run_is_refused(tmp_path):
         export_run(tmp_path, tmp_path / "enc.safetensors")
 
 
+def test_export_of_a_missing_run_folder_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run folder .*norun' does not exist"):
+        export_run(tmp_path / "norun", tmp_path / "enc.safetensors")
+
+
 def test_two_processes_train_together_under_torchrun(crop_dataset, tmp_path):
     run = tmp_path / "ddp"
     overrides = [f"{k}={v}" for k, v in tiny_config(crop_dataset, run).items()]
@@ -323,7 +328,12 @@ def test_export_records_a_json_object_as_it_is(finished_run, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "match"), [("{not json", "cannot read it as JSON"), ("3", "got int")]
+    ("text", "match"),
+    [
+        ("{not json", "cannot read it as JSON"),
+        ("3", "got int"),
+        ("[1, 2]", "not the folds.json"),
+    ],
 )
 def test_export_refuses_benchmarks_that_are_not_results(
     finished_run, tmp_path, capsys, text, match

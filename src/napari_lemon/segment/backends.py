@@ -160,8 +160,9 @@ def _require(module: str, segmenter: str, install: str) -> Any:
     except ImportError as err:
         raise BackendError(
             f"segmenter={segmenter!r} needs the {module.split('.')[0]!r} package, "
-            f"which is not installed ({err}); install it with `{install}`, or use "
-            "segmenter='unet' or 'classical'"
+            f"which is not installed ({err}); install it with `{install}`, or "
+            "choose the bundled 'unet' or 'classical' segmenter (--segmenter on "
+            "the command line)"
         ) from err
 
 

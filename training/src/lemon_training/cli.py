@@ -64,6 +64,11 @@ def _card_benchmarks(path: str | None) -> dict:
             f"--benchmarks {path}: cannot read it as JSON ({err})"
         ) from None
     if isinstance(data, list):
+        if not all(isinstance(r, dict) and "encoder" in r for r in data):
+            raise UserError(
+                f"--benchmarks {path}: a list, but not the folds.json of "
+                "`lemon-train benchmark` (records with an 'encoder')"
+            )
         return card_benchmarks(read_results(path))
     if not isinstance(data, dict):
         raise UserError(

@@ -49,6 +49,11 @@ def export_run(
     results.
     """
     run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(
+            f"run folder {str(run)!r} does not exist; give the run.out folder of "
+            "a `lemon-train fit` run"
+        )
     final = run / "final.pt"
     if not final.is_file():
         raise FileNotFoundError(

@@ -270,10 +270,27 @@ def card_path(checkpoint: str) -> Path:
 
 
 def record_in_card(results: list[ProbeResult], card: Path) -> None:
-    """Merge the table into the card's ``benchmarks`` (one entry per dataset)."""
+    """Merge the table into the card's ``benchmarks`` (one entry per dataset).
+
+    Rows of encoders not in ``results`` are kept when the earlier entry was
+    made on the same nuclei and folds; an entry from another protocol is
+    replaced, with a warning.
+    """
     record = json.loads(card.read_text())
-    record["benchmarks"] = record.get("benchmarks") or {}
-    record["benchmarks"].update(card_benchmarks(results))
+    benchmarks = record.get("benchmarks") or {}
+    for name, entry in card_benchmarks(results).items():
+        earlier = benchmarks.get(name)
+        same = ("metric", "protocol", "folds", "nuclei", "groups")
+        if earlier and all(earlier.get(k) == entry[k] for k in same):
+            entry["encoders"] = earlier.get("encoders", {}) | entry["encoders"]
+        elif earlier:
+            logger.warning(
+                "%s: its %s entry came from other nuclei or folds; replaced",
+                card.name,
+                name,
+            )
+        benchmarks[name] = entry
+    record["benchmarks"] = benchmarks
     card.write_text(json.dumps(record, indent=2) + "\n")
 
 
