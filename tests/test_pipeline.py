@@ -15,7 +15,7 @@ from napari_lemon.pipeline import (
     resolve_region,
 )
 from napari_lemon.points import embed_points
-from napari_lemon.segment import DEFAULT_SEGMENTER
+from napari_lemon.segment import DEFAULT_SEGMENTER, PARAMS
 from napari_lemon.slide import SlideError, open_slide
 from napari_lemon.store import outlines_of
 
@@ -117,6 +117,9 @@ def test_clusters_and_provenance_are_recorded(whole, random_encoder_path):
     assert lemon["region"] == [0, 0, WIDTH, HEIGHT]
     assert lemon["seg_mpp"] == pytest.approx(0.5)
     assert (adata.obs["segmenter"] == DEFAULT_SEGMENTER).all()
+    # every parameter of the segmenter, defaults included
+    params = lemon["segmenter"]["params"]
+    assert params == PARAMS[DEFAULT_SEGMENTER]().as_dict()
 
 
 def test_outlines_are_in_level0_pixels_around_each_nucleus(whole):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .segment import DEFAULT_SEGMENTER
+from .segment import DEFAULT_SEGMENTER, PARAMS
 from .store import build_results, empty_obs, make_provenance, set_clusters
 
 if TYPE_CHECKING:
@@ -230,7 +230,8 @@ def segmentation_steps(
 
     # segment at the scale actually read
     yield ("segment", 0, 1)
-    params = dict(segmenter_params or {})
+    # every parameter, defaults included, so that the provenance is complete
+    params = _resolved_params(segmenter, segmenter_params)
     seg_mpp = mpp * scale[0]
     if seg_mpp > COARSEST_SEG_MPP:
         warnings.warn(
@@ -416,3 +417,14 @@ def analyze(
     """
     steps = analysis_steps(slide, region, **options)
     return run_steps(steps, progress)
+
+
+def _resolved_params(segmenter: str, given: dict[str, Any] | None) -> dict[str, Any]:
+    """``given`` over the segmenter's defaults; unknown names left to the
+    segmenter's own error."""
+    if segmenter not in PARAMS:
+        return dict(given or {})
+    try:
+        return PARAMS[segmenter](**(given or {})).as_dict()
+    except (TypeError, ValueError):
+        return dict(given or {})
