@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .segment import DEFAULT_SEGMENTER, PARAMS
+from .segment import DEFAULT_SEGMENTER
 from .store import build_results, empty_obs, make_provenance, set_clusters
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def segmentation_steps(
     -------
     Segmentation
     """
-    from .segment import segment_nuclei
+    from .segment import create_segmenter
     from .slide import require_mpp
 
     # where and at what scale
@@ -230,8 +230,8 @@ def segmentation_steps(
 
     # segment at the scale actually read
     yield ("segment", 0, 1)
-    # every parameter, defaults included, so that the provenance is complete
-    params = _resolved_params(segmenter, segmenter_params)
+    segment = create_segmenter(segmenter, **(segmenter_params or {}))
+    params = segment.keywords["params"].as_dict()  # defaults included, for provenance
     seg_mpp = mpp * scale[0]
     if seg_mpp > COARSEST_SEG_MPP:
         warnings.warn(
@@ -240,7 +240,7 @@ def segmentation_steps(
             "scan, or check --mpp",
             stacklevel=2,
         )
-    nuclei = segment_nuclei(image, seg_mpp, segmenter=segmenter, **params)
+    nuclei = segment(image, seg_mpp)
     logger.debug("%d nuclei in %s at %.3f um/px", len(nuclei), region, seg_mpp)
     yield ("segment", 1, 1)
     return Segmentation(image, nuclei, region, seg_mpp, scale, params)
@@ -417,14 +417,3 @@ def analyze(
     """
     steps = analysis_steps(slide, region, **options)
     return run_steps(steps, progress)
-
-
-def _resolved_params(segmenter: str, given: dict[str, Any] | None) -> dict[str, Any]:
-    """``given`` over the segmenter's defaults; unknown names left to the
-    segmenter's own error."""
-    if segmenter not in PARAMS:
-        return dict(given or {})
-    try:
-        return PARAMS[segmenter](**(given or {})).as_dict()
-    except (TypeError, ValueError):
-        return dict(given or {})
