@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_card(results: dict, args: argparse.Namespace) -> None:
     """Put the U-Net's mean scores per split into its weights' JSON card."""
-    from napari_lemon.segment.unet import BUNDLED, WEIGHTS_DIR
+    from napari_lemon.segment.unet_model import BUNDLED, WEIGHTS_DIR
 
     unet = results["segmenters"]["unet"]
     weights = unet["params"]["weights"]

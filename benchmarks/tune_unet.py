@@ -29,10 +29,10 @@ from napari_lemon.segment.unet import (
     UNetParams,
     _nearest,
     _resample,
-    load_unet,
     maps_to_labels,
     predict_maps,
 )
+from napari_lemon.segment.unet_model import load_unet
 
 REPO = Path(__file__).resolve().parents[1]
 # NOTE: a first, wider pass (threshold 0.4, marker height 0.05-0.2, min area

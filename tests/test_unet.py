@@ -14,15 +14,17 @@ from skimage.draw import disk
 
 from napari_lemon.segment import create_segmenter, segment_nuclei
 from napari_lemon.segment.unet import (
-    WEIGHTS_DIR,
-    UNetCard,
     UNetParams,
-    create_unet,
-    load_unet,
     maps_to_labels,
     predict_maps,
-    save_unet,
     segment_unet,
+)
+from napari_lemon.segment.unet_model import (
+    WEIGHTS_DIR,
+    UNetCard,
+    create_unet,
+    load_unet,
+    save_unet,
 )
 
 TINY = UNetCard(name="tiny-test", widths=(4, 8))

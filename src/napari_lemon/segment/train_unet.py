@@ -37,7 +37,7 @@ from skimage.measure import label, regionprops
 from skimage.transform import AffineTransform, warp
 
 from .imagescope import rasterise, read_imagescope_xml
-from .unet import UNetCard, create_unet, save_unet
+from .unet_model import UNetCard, create_unet, save_unet
 
 logger = logging.getLogger(__name__)
 
