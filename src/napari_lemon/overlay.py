@@ -166,3 +166,84 @@ def render_overlay(
     rows, cols = np.nonzero(ring)
     out[rows[drawn], cols[drawn]] = palette[ring_values[drawn] % len(palette)]
     return out
+
+
+def draw_outlines(
+    image: np.ndarray,
+    offsets: np.ndarray,
+    xy: np.ndarray,
+    values: np.ndarray,
+    scale: float,
+    palette: np.ndarray | None = None,
+) -> np.ndarray:
+    """Draw packed polygon outlines, in level-0 px, over a downsampled image.
+
+    Outlines less than two pixels of ``image`` across become a dot, so a thumbnail
+    of a whole slide still shows every nucleus in its colour.
+
+    Parameters
+    ----------
+    image : ndarray of shape (rows, cols, 3), uint8
+        The slide (or region) at ``scale`` level-0 px per pixel.
+    offsets : ndarray of shape (n + 1,), int
+        Nucleus ``i`` owns vertices ``xy[offsets[i]:offsets[i + 1]]`` (the
+        ``uns["outlines"]`` layout of the results store).
+    xy : ndarray of shape (total_vertices, 2), float
+        ``(x, y)`` vertices in level-0 px relative to the image's origin.
+    values : ndarray of shape (n,), int
+        Cluster of each nucleus; negative values are not drawn.
+    scale : float
+        Level-0 px per pixel of ``image``.
+
+    Returns
+    -------
+    ndarray of shape (rows, cols, 3), uint8
+    """
+    from skimage.draw import polygon_perimeter
+
+    offsets = np.asarray(offsets, dtype=np.int64).ravel()
+    values = np.asarray(values, dtype=np.int64).ravel()
+    if len(offsets) != len(values) + 1:
+        raise ValueError(
+            f"{len(offsets) - 1} outlines but {len(values)} values; give one value "
+            "per nucleus"
+        )
+    out = np.array(image[..., :3], dtype=np.uint8, copy=True)
+    if palette is None:
+        palette = cluster_palette(max(int(values.max(initial=0)) + 1, 1))
+    colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    rc = np.asarray(xy, dtype=np.float64).reshape(-1, 2)[:, ::-1] / scale
+
+    # extent of each outline on the image, from the packed vertex table
+    counts = np.diff(offsets)
+    drawn = (values >= 0) & (counts > 0)
+    starts = offsets[:-1][drawn]
+    rows_lo = np.minimum.reduceat(rc[:, 0], starts) if len(starts) else starts
+    rows_hi = np.maximum.reduceat(rc[:, 0], starts) if len(starts) else starts
+    cols_lo = np.minimum.reduceat(rc[:, 1], starts) if len(starts) else starts
+    cols_hi = np.maximum.reduceat(rc[:, 1], starts) if len(starts) else starts
+    small = np.maximum(rows_hi - rows_lo, cols_hi - cols_lo) < 2
+
+    # dots, all at once
+    index = np.flatnonzero(drawn)
+    centre = np.column_stack([rows_lo + rows_hi, cols_lo + cols_hi])[small] / 2
+    _paint(
+        out, np.rint(centre).astype(int), colours[values[index[small]] % len(colours)]
+    )
+
+    # perimeters, one outline at a time
+    for i in index[~small]:
+        ring = rc[offsets[i] : offsets[i + 1]]
+        rows, cols = polygon_perimeter(ring[:, 0], ring[:, 1], shape=out.shape[:2])
+        _paint(out, np.column_stack([rows, cols]), colours[values[i] % len(colours)])
+    return out
+
+
+def _paint(image: np.ndarray, rc: np.ndarray, colour: np.ndarray) -> None:
+    """Set pixels ``rc`` (n, 2) of ``image`` that lie inside it to ``colour``."""
+    rows, cols = rc[:, 0], rc[:, 1]
+    inside = (
+        (rows >= 0) & (rows < image.shape[0]) & (cols >= 0) & (cols < image.shape[1])
+    )
+    colour = np.asarray(colour)
+    image[rows[inside], cols[inside]] = colour[inside] if colour.ndim == 2 else colour
