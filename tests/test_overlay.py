@@ -81,3 +81,51 @@ def test_render_overlay_refuses_mismatched_shapes():
 def test_palette_refuses_negative_k():
     with pytest.raises(ValueError, match="k=-1"):
         cluster_palette(-1)
+
+
+def _square(x0: float, y0: float, side: float) -> np.ndarray:
+    return np.array(
+        [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side]]
+    )
+
+
+def test_draw_outlines_draws_perimeters_and_dots_in_cluster_colours():
+    from napari_lemon.overlay import cluster_palette, draw_outlines
+    from napari_lemon.store import pack_outlines
+
+    # a 40 px square (10 px at scale 4) and a 4 px one (a dot at scale 4)
+    packed = pack_outlines([_square(40, 40, 40), _square(200, 120, 4)], 2)
+    image = np.zeros((64, 64, 3), np.uint8)
+    out = draw_outlines(image, packed["offsets"], packed["xy"], np.array([0, 1]), 4.0)
+
+    colours = cluster_palette(2)
+    first = np.all(out == colours[0], axis=-1)
+    assert first[10, 10:21].all() and first[20, 10:21].all() and not first[15, 15]
+    second = np.all(out == colours[1], axis=-1)
+    assert second.sum() == 1 and second[30, 50]
+    assert image.max() == 0  # the input is left as it was
+
+
+def test_draw_outlines_skips_negative_values_and_clips_to_the_image():
+    from napari_lemon.overlay import draw_outlines
+    from napari_lemon.store import pack_outlines
+
+    packed = pack_outlines([_square(-10, -10, 30), _square(5, 5, 8)], 2)
+    out = draw_outlines(
+        np.zeros((32, 32, 3), np.uint8), packed["offsets"], packed["xy"], [0, -1], 1.0
+    )
+    drawn = out.any(axis=-1)
+    assert drawn[20, :21].all() and drawn[:21, 20].all()  # the parts inside
+    assert drawn.sum() == 41
+    assert not drawn[5:14, 5:14].any()  # value -1: not drawn
+
+
+def test_draw_outlines_needs_one_value_per_nucleus():
+    from napari_lemon.overlay import draw_outlines
+    from napari_lemon.store import pack_outlines
+
+    packed = pack_outlines([_square(0, 0, 5)], 1)
+    with pytest.raises(ValueError, match="1 outlines but 2 values"):
+        draw_outlines(
+            np.zeros((8, 8, 3), np.uint8), packed["offsets"], packed["xy"], [0, 1], 1
+        )

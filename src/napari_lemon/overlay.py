@@ -199,8 +199,6 @@ def draw_outlines(
     -------
     ndarray of shape (rows, cols, 3), uint8
     """
-    from skimage.draw import polygon_perimeter
-
     offsets = np.asarray(offsets, dtype=np.int64).ravel()
     values = np.asarray(values, dtype=np.int64).ravel()
     if len(offsets) != len(values) + 1:
@@ -231,12 +229,34 @@ def draw_outlines(
         out, np.rint(centre).astype(int), colours[values[index[small]] % len(colours)]
     )
 
-    # perimeters, one outline at a time
-    for i in index[~small]:
-        ring = rc[offsets[i] : offsets[i + 1]]
-        rows, cols = polygon_perimeter(ring[:, 0], ring[:, 1], shape=out.shape[:2])
-        _paint(out, np.column_stack([rows, cols]), colours[values[i] % len(colours)])
+    # perimeters: every edge sampled at under a pixel, all outlines at once
+    big = index[~small]
+    a, b, polygon = _edges(offsets, big, rc)
+    steps = np.ceil(np.abs(b - a).max(axis=1, initial=0)).astype(np.int64) + 1
+    edge = np.repeat(np.arange(len(a)), steps)
+    t = (
+        np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)
+    ) / np.repeat(steps, steps)
+    points = a[edge] + (b[edge] - a[edge]) * t[:, None]
+    edge_colours = colours[values[polygon] % len(colours)]
+    _paint(out, np.rint(points).astype(np.int64), edge_colours[edge])
     return out
+
+
+def _edges(offsets: np.ndarray, which: np.ndarray, rc: np.ndarray):
+    """Start and end ``(row, col)`` of every edge of outlines ``which``, closed.
+
+    Returns
+    -------
+    (start, end, owner) with ``start``/``end`` of shape (n_edges, 2) and
+    ``owner`` (n_edges,) the outline of each edge.
+    """
+    counts = offsets[which + 1] - offsets[which]
+    first = np.repeat(offsets[which], counts)
+    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    vertex = first + local
+    after = np.where(local + 1 == np.repeat(counts, counts), first, vertex + 1)
+    return rc[vertex], rc[after], np.repeat(which, counts)
 
 
 def _paint(image: np.ndarray, rc: np.ndarray, colour: np.ndarray) -> None:
