@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     seconds = time.perf_counter() - start
     summary = {
-        "file": str(out),
+        "file": out.name,
         "side": args.side,
         "levels": len(sidecar["level_downsamples"]),
         "tiles_placed": len(sidecar["placements"]),

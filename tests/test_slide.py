@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -11,6 +13,7 @@ from tifffile.zarr import ZarrTiffStore
 from napari_lemon.slide import (
     IMAGE_SUFFIXES,
     SLIDE_SUFFIXES,
+    UNREADABLE,
     Slide,
     SlideError,
     open_slide,
@@ -244,13 +247,21 @@ def test_unsupported_suffix_lists_supported_formats(tmp_path):
         open_slide(tmp_path / "notes.txt")
 
 
-@pytest.mark.parametrize(("name", "kind"), [("a.mrxs", "MIRAX"), ("b.dcm", "DICOM")])
-def test_mrxs_and_dicom_ask_for_ome_tiff(tmp_path, name, kind):
+@pytest.mark.parametrize(("suffix", "kind"), sorted(UNREADABLE.items()))
+def test_unreadable_formats_ask_for_ome_tiff(tmp_path, suffix, kind):
+    name = f"slide{suffix}"
     (tmp_path / name).write_bytes(b"\0" * 16)
     with pytest.raises(
-        SlideError, match=rf"{name}.*tiffslide cannot read.*{kind}.*OME"
+        SlideError, match=rf"{name}.*tiffslide cannot read {kind} slides.*OME-TIFF"
     ):
         open_slide(tmp_path / name)
+
+
+def test_mrxs_folder_asks_for_ome_tiff(tmp_path):
+    """MIRAX keeps its data in a folder beside the .mrxs file."""
+    (tmp_path / "slide.mrxs").mkdir()
+    with pytest.raises(SlideError, match="cannot read 3DHISTECH MIRAX"):
+        open_slide(tmp_path / "slide.mrxs")
 
 
 def test_a_folder_asks_for_one_file(tmp_path):
@@ -266,12 +277,100 @@ def test_nonpositive_mpp_raises_value_error(pyramid_path, mpp):
         open_slide(pyramid_path).best_level_for_mpp(mpp)
 
 
-def test_truncated_tiles_raise_slide_error_naming_the_file(tmp_path):
-    whole = write_pyramid(tmp_path / "whole.tif", make_rgb()).read_bytes()
+@pytest.mark.parametrize("layout", ["pages", "subifds"])
+@pytest.mark.parametrize("fraction", [0.3, 0.9])
+def test_truncated_tiff_is_refused_at_open(tmp_path, layout, fraction):
+    whole = write_pyramid(tmp_path / "whole.tif", make_rgb(), layout=layout)
+    data = whole.read_bytes()
     cut = tmp_path / "cut.tif"
-    cut.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(SlideError, match="cut.tif"):
-        open_slide(cut).read_region((0, 0), 0, (WIDTH, HEIGHT))
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(SlideError, match=r"'.*cut.tif' is truncated.*download it"):
+        open_slide(cut)
+
+
+@pytest.mark.parametrize("how", ["read_region", "pyramid"])
+def test_file_cut_after_opening_raises_slide_error_on_read(pyramid_path, how):
+    """A file still being copied: opens whole, then loses its end."""
+    slide = open_slide(pyramid_path)
+    os.truncate(pyramid_path, pyramid_path.stat().st_size // 3)
+    with pytest.raises(
+        SlideError, match=r"could not decode rows .* of level 0 of '.*pyramid.tif'"
+    ):
+        if how == "read_region":
+            slide.read_region((0, 0), 0, (WIDTH, HEIGHT))
+        else:
+            slide.pyramid()[0].compute()
+
+
+@pytest.mark.parametrize("how", ["read_region", "pyramid"])
+def test_corrupt_tile_bytes_raise_slide_error_on_read(pyramid_path, how):
+    with tifffile.TiffFile(pyramid_path) as tiff:
+        offset = tiff.pages[0].dataoffsets[-1]
+    with open(pyramid_path, "r+b") as f:  # overwrite the last tile's data
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+    slide = open_slide(pyramid_path)
+    corner = slide.read_region((0, 0), 0, (64, 64))  # other tiles still read
+    with pytest.raises(
+        SlideError, match=r"could not decode rows .*'.*pyramid.tif'.*corrupt"
+    ):
+        if how == "read_region":
+            slide.read_region((WIDTH - 64, HEIGHT - 64), 0, (64, 64))
+        else:
+            slide.pyramid()[0][-64:, -64:].compute()
+    np.testing.assert_array_equal(corner, make_rgb()[:64, :64])
+
+
+def test_overwritten_tiff_header_is_refused_at_open(pyramid_path):
+    data = bytearray(pyramid_path.read_bytes())
+    data[:8] = b"\0" * 8
+    pyramid_path.write_bytes(bytes(data))
+    with pytest.raises(SlideError, match=r"'.*pyramid.tif' is not a readable slide"):
+        open_slide(pyramid_path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_plain_image_raises_slide_error_on_read(tmp_path, suffix):
+    path = tmp_path / f"tile{suffix}"
+    Image.fromarray(make_rgb(200, 300)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    slide = open_slide(path)  # the header is whole
+    with pytest.raises(SlideError, match=rf"'.*tile{suffix}'.*truncated or corrupt"):
+        slide.read_region((0, 0), 0, (300, 200))
+
+
+APERIO = (
+    "Aperio Image Library v12.0.15 \r\n256x256 (240x240) JPEG Q=70|AppMag = 40"
+    "|MPP = 0.2520|ScannerType = Zürich µ-scan|Title = Gewebe Ä"
+)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+@pytest.mark.parametrize(
+    ("description", "mpp"),
+    [(APERIO, 0.252), ("Färbung H&E, Größe 5 µm, Schnitt Nr. 3", 0.25)],
+)
+def test_non_ascii_description_opens_and_keeps_its_mpp(
+    tmp_path, encoding, description, mpp
+):
+    """Aperio's MPP from the description; else the centimetre resolution tags."""
+    path = tmp_path / "described.tif"
+    tag = (270, 2, 0, description.encode(encoding), True)  # raw ImageDescription
+    tifffile.imwrite(
+        path,
+        make_rgb(256, 256),
+        tile=(128, 128),
+        photometric="rgb",
+        metadata=None,
+        resolution=(1e4 / 0.25, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+        extratags=[tag],
+    )
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(mpp)
+        region = slide.read_region((0, 0), 0, (256, 256))
+    np.testing.assert_array_equal(region, make_rgb(256, 256))
 
 
 def test_suffix_lists_are_lowercase_and_disjoint():
@@ -305,11 +404,15 @@ def test_derived_pyramid_levels_agree(shared_data):
     assert np.abs(pooled - coarse).mean() < 10
 
 
-def test_truncated_real_svs_raises_slide_error(shared_data, tmp_path):
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_truncated_real_svs_raises_slide_error(shared_data, tmp_path, fraction):
+    """Half: the first directory is lost; 90%: the label and macro pages are."""
     data = (shared_data / "wsi" / "CMU-1-Small-Region.svs").read_bytes()
     cut = tmp_path / "cut.svs"
-    cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SlideError, match="cut.svs"):
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(
+        SlideError, match=r"'.*cut.svs' is truncated or damaged: invalid .*offset"
+    ):
         open_slide(cut)
 
 
@@ -317,11 +420,15 @@ def test_jpeg2000_tcga_slide_reads_but_has_no_mpp(shared_data):
     with open_slide(shared_data / "wsi" / "tcga-cr-7395-01a-01-ts1.svs") as slide:
         assert slide.level_count == 2 and slide.mpp is None
         region = slide.read_region((0, 0), 1, slide.level_dimensions[1])
+        fine = slide.read_region((3000, 2000), 0, (512, 512))
+        tile = slide.pyramid()[0][2000:2512, 3000:3512].compute()
         with pytest.raises(
             SlideError, match="'tcga-cr-7395-01a-01-ts1.svs' records no"
         ):
             require_mpp(slide)
     assert region.shape == (1783, 2221, 3) and region.std() > 5
+    assert fine.shape == (512, 512, 3) and fine.std() > 5
+    np.testing.assert_array_equal(tile, fine)
 
 
 def test_monuseg_tile_and_crc_png_open_as_plain_images(shared_data):

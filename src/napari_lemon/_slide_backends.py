@@ -8,7 +8,9 @@ RGB uint8. Rectangles passed to ``read`` always lie inside the level.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ logger = logging.getLogger(__name__)
 # TIFF resolution units that scanners use for real pixel sizes; INCH is left out
 # because ordinary image writers put a screen resolution (72 or 96 dpi) there
 METRIC_UNITS = ("CENTIMETER", "MILLIMETER", "MICROMETER")
+
+
+class SlideError(ValueError):
+    """A slide file that cannot be read: unsupported, corrupt or truncated."""
 
 
 class _LevelTiffSlide(tiffslide.TiffSlide):
@@ -41,7 +47,13 @@ class TiffLevels:
     """SVS, NDPI, SCN, BIF and (pyramidal) TIFF files, read with tiffslide."""
 
     def __init__(self, path: Path) -> None:
-        self._slide = _LevelTiffSlide(path)
+        with _tifffile_errors() as errors:
+            try:
+                self._slide = _LevelTiffSlide(path)
+            except Exception as err:
+                _check_chain(path, errors)
+                raise err
+            _check_complete(path, self._slide.ts_tifffile, errors)
         self.level_dimensions = self._slide.level_dimensions
         self.level_downsamples = self._slide.level_downsamples
         self.mpp = tiff_mpp(self._slide.properties)
@@ -64,6 +76,55 @@ class TiffLevels:
 
     def close(self) -> None:
         self._slide.close()
+
+
+@contextlib.contextmanager
+def _tifffile_errors() -> Iterator[list[str]]:
+    """Collect what tifffile logs about invalid page offsets: it logs a broken
+    page chain (a truncated file) and carries on with the pages it found."""
+    errors: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage().split("> ", 1)[-1]  # drop the repr
+            if "invalid" in message and "offset" in message:
+                errors.append(message)
+
+    handler = Collect(logging.WARNING)
+    tifffile_logger = logging.getLogger("tifffile")
+    tifffile_logger.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        tifffile_logger.removeHandler(handler)
+
+
+def _check_chain(path: Path, errors: list[str]) -> None:
+    """Refuse a TIFF whose page chain tifffile found broken."""
+    if errors:
+        raise SlideError(
+            f"'{path}' is truncated or damaged: {errors[0]} (the file has "
+            f"{path.stat().st_size:,} bytes); copy or download it again"
+        )
+
+
+def _check_complete(path: Path, tiff: Any, errors: list[str]) -> None:
+    """Refuse a TIFF whose page chain is broken or whose image data runs past
+    the end of the file, the marks of an interrupted copy or download."""
+    ends = [
+        int(np.max(np.add(page.dataoffsets, page.databytecounts), initial=0))
+        for series in tiff.series
+        for level in series.levels
+        for page in level.pages
+        if page is not None
+    ]
+    _check_chain(path, errors)
+    size = tiff.filehandle.size
+    if ends and max(ends) > size:
+        raise SlideError(
+            f"'{path}' is truncated: its image data runs to byte {max(ends):,} "
+            f"but the file has {size:,} bytes; copy or download it again"
+        )
 
 
 def tiff_mpp(properties: dict[str, Any]) -> float | None:

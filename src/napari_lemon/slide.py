@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._slide_backends import ImageLevels, TiffLevels, as_rgb_uint8
+from ._slide_backends import ImageLevels, SlideError, TiffLevels, as_rgb_uint8
 
 if TYPE_CHECKING:
     import dask.array
@@ -47,10 +47,6 @@ UNREADABLE = {
 }
 MPP_TOLERANCE = 0.01  # a level counts as fine enough when within 1% of the target
 DASK_TILE = 1024  # dask chunk side for levels not served by zarr directly
-
-
-class SlideError(ValueError):
-    """A slide file that cannot be read: unsupported, corrupt or truncated."""
 
 
 def _supported() -> str:
@@ -282,7 +278,8 @@ class Slide:
 
         native = self._levels.zarr_array(level)
         if native is not None and self._value_scale == 1.0:
-            return da.from_zarr(native)
+            guarded = _GuardedArray(native, self.path, level)
+            return da.from_array(guarded, chunks=native.chunks, asarray=True)
 
         # read tile by tile through the RGB conversion
         width, height = self.level_dimensions[level]
@@ -321,6 +318,40 @@ class Slide:
         return 255.0 / peak if peak > 0 else 1.0
 
 
+class _GuardedArray:
+    """A level's zarr array whose decoding errors become :class:`SlideError`.
+
+    Dask reads the chunks of a native level through it, so that a truncated
+    or corrupt tile met while computing says which file and level it is in.
+    """
+
+    def __init__(self, array: Any, path: Path, level: int) -> None:
+        self._array, self._path, self._level = array, path, level
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self._array[key])
+        except Exception as err:
+            raise SlideError(
+                f"could not decode {_describe_key(key)} of level {self._level} "
+                f"of '{self._path}': {err}. The file may be truncated or corrupt; "
+                "copy or export it again"
+            ) from err
+
+
+def _describe_key(key: Any) -> str:
+    """'rows a:b, columns c:d' for a tuple of slices, else the key itself."""
+    if (
+        isinstance(key, tuple)
+        and len(key) >= 2
+        and all(isinstance(k, slice) for k in key[:2])
+    ):
+        rows, cols = key[:2]
+        return f"rows {rows.start}:{rows.stop}, columns {cols.start}:{cols.stop}"
+    return f"pixels {key!r}"
+
+
 def _open_levels(path: Path) -> Any:
     """The backend that reads ``path``, or a clear error saying why none can."""
     if not path.exists():
@@ -347,6 +378,8 @@ def _open_levels(path: Path) -> Any:
     backend = ImageLevels if suffix in IMAGE_SUFFIXES else TiffLevels
     try:
         return backend(path)
+    except SlideError:
+        raise
     except Exception as err:
         raise SlideError(
             f"'{path}' is not a readable slide or image ({type(err).__name__}: "
