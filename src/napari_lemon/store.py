@@ -51,6 +51,13 @@ FULL_HASH_LIMIT = 64 << 20
 PARTIAL_HASH_BLOCK = 8 << 20
 
 
+class StoreError(ValueError):
+    """A results store that is bad, incomplete, of another run, or locked.
+
+    The message names the store's path and says what to do.
+    """
+
+
 def now_iso() -> str:
     """The current UTC time as an ISO 8601 string with seconds."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -283,18 +290,21 @@ def write_results(adata: AnnData, path: str | Path) -> Path:
 
 
 def read_results(path: str | Path) -> AnnData:
-    """Read results written by :func:`write_results`, checking the layout."""
-    import anndata
+    """Read results from an .h5ad file or a finished ``.zarr`` store; check them.
 
+    Raises
+    ------
+    FileNotFoundError
+        Nothing is at ``path``.
+    StoreError
+        ``path`` is an incremental store that is not finished yet.
+    ValueError
+        ``path`` is not readable AnnData, or AnnData without napari-lemon results.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"results file {path} does not exist")
-    try:
-        adata = anndata.read_h5ad(path)
-    except Exception as err:
-        raise ValueError(
-            f"{path} is not a readable .h5ad file ({type(err).__name__}: {err})"
-        ) from err
+    adata = _read_zarr(path) if path.is_dir() else _read_h5ad(path)
 
     missing = [c for c in OBS_COLUMNS if c not in adata.obs.columns]
     missing += [
@@ -307,3 +317,31 @@ def read_results(path: str | Path) -> AnnData:
             f"{missing}. Make it with `lemon analyze` or napari_lemon.store"
         )
     return adata
+
+
+def _read_h5ad(path: Path) -> AnnData:
+    """An .h5ad file as AnnData; ValueError when it is not one."""
+    import anndata
+
+    try:
+        return anndata.read_h5ad(path)
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a readable .h5ad file ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _read_zarr(path: Path) -> AnnData:
+    """A ``.zarr`` folder as AnnData; StoreError when it is an unfinished store."""
+    import anndata
+
+    from .incremental_store import check_complete
+
+    check_complete(path)
+    try:
+        return anndata.read_zarr(path)
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a readable AnnData .zarr store ({type(err).__name__}: "
+            f"{err}); give an .h5ad file or a .zarr folder written by napari-lemon"
+        ) from err
