@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -46,29 +46,146 @@ def cluster_kmeans(
     from sklearn.cluster import KMeans
 
     # check the request
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    if embeddings.ndim != 2:
-        raise ValueError(
-            f"embeddings have shape {embeddings.shape}; expected (n_nuclei, dim)"
-        )
-    if int(n_clusters) != n_clusters or n_clusters < 1:
-        raise ValueError(f"n_clusters={n_clusters!r} must be a whole number >= 1")
+    embeddings = _checked(embeddings)
+    _check_n_clusters(n_clusters)
 
     # nothing, or not enough, to cluster
     n = len(embeddings)
     if n == 0:
         return np.empty(0, dtype=np.int64)
-    if n < n_clusters:
-        warnings.warn(
-            f"n_clusters={n_clusters} but only {n} nuclei; using {n} clusters",
-            stacklevel=2,
-        )
-        n_clusters = n
+    n_clusters = _fit_k(n_clusters, n)
 
     # fit
     logger.debug("k-means of %d nuclei into %d clusters", n, n_clusters)
     kmeans = KMeans(n_clusters=int(n_clusters), random_state=seed, n_init="auto")
     return kmeans.fit_predict(embeddings).astype(np.int64)
+
+
+def _checked(embeddings: np.ndarray) -> np.ndarray:
+    """``embeddings`` as float32, refused unless of shape (n_nuclei, dim)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2:
+        raise ValueError(
+            f"embeddings have shape {embeddings.shape}; expected (n_nuclei, dim)"
+        )
+    return embeddings
+
+
+def _check_n_clusters(n_clusters: int) -> None:
+    if int(n_clusters) != n_clusters or n_clusters < 1:
+        raise ValueError(f"n_clusters={n_clusters!r} must be a whole number >= 1")
+
+
+def _fit_k(n_clusters: int, n: int) -> int:
+    """``n_clusters``, lowered with a warning when there are fewer nuclei."""
+    if n < n_clusters:
+        warnings.warn(
+            f"n_clusters={n_clusters} but only {n} nuclei; using {n} clusters",
+            stacklevel=3,
+        )
+        return n
+    return int(n_clusters)
+
+
+# rows drawn from the whole slide to place the first centres; mini-batch size
+STREAM_SAMPLE = 20000
+STREAM_BATCH = 4096
+
+
+def cluster_kmeans_stream(
+    chunks: Callable[[], Iterable[np.ndarray]],
+    n_clusters: int = 8,
+    seed: int = 0,
+    n_obs: int | None = None,
+    n_passes: int = 3,
+) -> np.ndarray:
+    """Group nuclei with k-means over embeddings that arrive in chunks.
+
+    Memory is bounded by a chunk and a sample of ``STREAM_SAMPLE`` rows, not by
+    the number of nuclei: k-means++ on a sample drawn evenly from all chunks
+    places the first centres (tiles come in spatial order, so the first chunk
+    alone may miss whole tissue types), scikit-learn's ``MiniBatchKMeans``
+    refines them with ``partial_fit`` over every chunk for ``n_passes`` passes,
+    and a last pass predicts the labels.
+
+    Parameters
+    ----------
+    chunks : callable returning an iterable of ndarray of shape (m, dim), float
+        Called once per pass; must yield the same rows in the same order each
+        time (``IncrementalStore.iter_embeddings`` does).
+    n_clusters : int
+        Number of clusters; lowered to ``n_nuclei`` with a warning when there are
+        fewer nuclei.
+    seed : int
+        The same chunks and seed give the same labels.
+    n_obs : int or None
+        Number of rows, when known; otherwise counted with one more pass.
+    n_passes : int
+        Passes of ``partial_fit`` over all chunks.
+
+    Returns
+    -------
+    ndarray of shape (n_nuclei,), int64
+        Cluster of each nucleus, from 0 to ``n_clusters - 1``.
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    # check the request; count the rows
+    _check_n_clusters(n_clusters)
+    if int(n_passes) != n_passes or n_passes < 1:
+        raise ValueError(f"n_passes={n_passes!r} must be a whole number >= 1")
+    n = sum(len(c) for c in _chunks_of(chunks)) if n_obs is None else int(n_obs)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    n_clusters = _fit_k(n_clusters, n)
+
+    # first centres from an even sample of the whole slide
+    rng = np.random.default_rng(seed)
+    sample = _even_sample(chunks, n, STREAM_SAMPLE, rng)
+    init = KMeans(n_clusters=n_clusters, random_state=seed, n_init="auto").fit(sample)
+    kmeans = MiniBatchKMeans(
+        n_clusters=n_clusters, init=init.cluster_centers_, n_init=1, random_state=seed
+    )
+    kmeans.partial_fit(sample)  # the first step needs >= n_clusters rows
+    del sample
+
+    # refine over every chunk, in mini-batches
+    logger.debug("streaming k-means of %d nuclei into %d clusters", n, n_clusters)
+    for _ in range(int(n_passes)):
+        for chunk in _chunks_of(chunks):
+            for start in range(0, len(chunk), STREAM_BATCH):
+                kmeans.partial_fit(chunk[start : start + STREAM_BATCH])
+
+    # label
+    labels = [kmeans.predict(c) for c in _chunks_of(chunks) if len(c)]
+    labels = np.concatenate(labels).astype(np.int64)
+    _check_rows(len(labels), n)
+    return labels
+
+
+def _check_rows(seen: int, n_obs: int) -> None:
+    """Refuse chunks that do not yield ``n_obs`` rows."""
+    if seen != n_obs:
+        raise ValueError(
+            f"chunks gave {seen} rows but n_obs={n_obs}; give the number of rows "
+            "the chunks yield, or n_obs=None to count them"
+        )
+
+
+def _chunks_of(chunks: Callable[[], Iterable[np.ndarray]]) -> Iterator[np.ndarray]:
+    """One pass over ``chunks()`` as checked float32 arrays."""
+    for chunk in chunks():
+        yield _checked(chunk)
+
+
+def _even_sample(chunks, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """About ``size`` rows drawn uniformly from all chunks (all rows when fewer)."""
+    keep, seen, parts = min(1.0, size / n), 0, []
+    for chunk in _chunks_of(chunks):
+        parts.append(chunk[rng.random(len(chunk)) < keep] if keep < 1 else chunk)
+        seen += len(chunk)
+    _check_rows(seen, n)
+    return np.concatenate(parts)
 
 
 CLUSTERERS: dict[str, Callable[..., np.ndarray]] = {"kmeans": cluster_kmeans}
