@@ -173,11 +173,15 @@ def slide_steps(
         provenance=provenance,
         embed_dim=encoder.embed_dim,
         overwrite=overwrite,
+        total_tiles=len(tiles),
     )
     try:
         todo = [tile for tile in tiles if tile.tile_id not in store.tiles_done]
         skipped = len(tiles) - len(todo)
         yield ("tiles", skipped, len(tiles))
+        if store.complete:
+            logger.info("%s is complete already; nothing to do", store.path)
+            return SlideRun(store.path, store.n_nuclei, len(tiles), skipped, seconds)
 
         # tile by tile into the store
         reads = _prefetched if prefetch else _in_turn
