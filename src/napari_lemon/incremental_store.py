@@ -67,13 +67,15 @@ COMMIT_KEY = "napari-lemon"
 STORE_FORMAT = 1
 EMBEDDING_DTYPES = ("float16", "float32")
 
-# chunk lengths (rows, or vertices for xy); see the module notes on sizes
+# chunk lengths (rows, or vertices for xy): a few MB each, 6 MB of float16
+# embeddings at 384-d (benchmarks/store_append.py)
 ROW_CHUNK = 65536
-EMBEDDING_CHUNK = 4096
-VERTEX_CHUNK = 262144
+EMBEDDING_CHUNK = 8192
+VERTEX_CHUNK = 524288
 
-# buffered rows are written once this many wait, or this long after the last write
-FLUSH_ROWS = 4096
+# buffered rows are written once this many wait, or this long after the last
+# write; 16384 rows of 384-d float16 with outlines buffer about 16 MB
+FLUSH_ROWS = 16384
 FLUSH_SECONDS = 5.0
 
 # written only by finish; removed when an unfinished store is resumed
@@ -179,26 +181,32 @@ def _disk_error(path: Path, err: OSError, doing: str) -> StoreError:
 def _create(path: Path, record: dict[str, Any], zarr_format: int) -> None:
     """Make an empty store at ``path``: built beside it, then renamed into place."""
     import zarr
-    from anndata.io import write_elem
+    from anndata.experimental import write_dispatched
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     shutil.rmtree(tmp, ignore_errors=True)
     dim, dtype = record["embed_dim"], record["embedding_dtype"]
+    spec = _appended_arrays(dim, dtype)
 
-    # anndata's own writers lay out an empty result ...
+    # an empty result of build_results, in the stored dtypes
     empty = build_results(empty_obs(), np.empty((0, dim)), [], {})
     del empty.uns[PROVENANCE_KEY]
     empty.obs["segmenter"] = pd.Categorical([], categories=np.array([], dtype=str))
-    root = zarr.open_group(tmp, mode="w", zarr_format=zarr_format)
-    write_elem(root, "/", empty)
-    del root["obs/_index"]
+    empty.obsm[EMBEDDING_KEY] = np.empty((0, dim), dtype)
 
-    # ... whose row arrays are replaced by chunked, growable ones
-    for name, (kind, trailing, chunk, _) in _appended_arrays(dim, dtype).items():
-        del root[name]
-        first = np.zeros((1 if name.endswith("offsets") else 0, *trailing), kind)
-        kwargs = {"chunks": (chunk, *trailing)}
-        write_elem(root, name, first, dataset_kwargs=kwargs)
+    # written by anndata's own writers, with chunks that suit appending
+    def chunked(write, group, key, elem, *, dataset_kwargs, iospec):
+        name = f"{group.path}/{key}".strip("/")
+        if name in spec:
+            dataset_kwargs = {
+                **dataset_kwargs,
+                "chunks": (spec[name][2], *elem.shape[1:]),
+            }
+        write(group, key, elem, dataset_kwargs=dataset_kwargs)
+
+    root = zarr.open_group(tmp, mode="w", zarr_format=zarr_format)
+    write_dispatched(root, "/", empty, callback=chunked)
+    del root["obs/_index"]
     _write_record(root, record)
     os.replace(tmp, path)
 
@@ -478,7 +486,8 @@ class IncrementalStore:
         embeddings = self._embeddings_of(tile_id, embeddings, len(obs))
         packed = pack_outlines(outlines, len(obs))
 
-        codes = [self._segmenter_code(name) for name in obs["segmenter"]]
+        names, inverse = np.unique(obs["segmenter"].to_numpy(str), return_inverse=True)
+        codes = np.array([self._segmenter_code(name) for name in names], np.int8)
         base = self._record["n_vertices"] + sum(
             len(p[f"uns/{OUTLINES_KEY}/xy"]) for p in self._pending
         )
@@ -488,7 +497,7 @@ class IncrementalStore:
             "obs/y": obs["y"].to_numpy(np.float64),
             "obs/area_um2": obs["area_um2"].to_numpy(np.float64),
             "obs/tile_id": obs["tile_id"].to_numpy(np.int64),
-            "obs/segmenter/codes": np.asarray(codes, dtype=np.int8),
+            "obs/segmenter/codes": codes[inverse].reshape(-1),
             f"obsm/{EMBEDDING_KEY}": embeddings,
             f"obsm/{SPATIAL_KEY}": obs[["x", "y"]].to_numpy(np.float64),
             f"uns/{OUTLINES_KEY}/offsets": packed["offsets"][1:] + base,
