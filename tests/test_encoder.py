@@ -86,7 +86,7 @@ def test_sincos_embedding_matches_direct_formula():
 def test_official_checkpoint_reproduces_source_model(tmp_path, source_model, crops):
     path = write_official(tmp_path, source_model)
 
-    encoder = load_encoder(path, device="cpu")
+    encoder = load_encoder(path, device="cpu", precision="fp32")
 
     assert encoder.card.mean == pytest.approx(MEAN)
     np.testing.assert_allclose(
@@ -99,7 +99,7 @@ def test_official_checkpoint_loads_from_its_folder_with_255_scaled_stats(
 ):
     write_official(tmp_path, source_model, scale=255.0)
 
-    encoder = load_encoder(tmp_path, device="cpu")
+    encoder = load_encoder(tmp_path, device="cpu", precision="fp32")
 
     np.testing.assert_allclose(
         encoder.embed(crops), reference_forward(source_model, crops), atol=1e-5
@@ -134,7 +134,7 @@ def test_safetensors_round_trip_in_fp16(tmp_path, source_model, crops):
     card = EncoderCard(name="roundtrip", mean=MEAN, std=STD)
     path = save_checkpoint(source_model, card, tmp_path / "enc.safetensors")
 
-    encoder = load_encoder(path, device="cpu")
+    encoder = load_encoder(path, device="cpu", precision="fp32")
 
     assert encoder.card.sha256 == card.sha256 != ""
     np.testing.assert_allclose(
@@ -190,7 +190,7 @@ def test_hub_id_downloads_the_official_pair(tmp_path, source_model, crops, monke
         return str(tmp_path / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    encoder = load_encoder("official", device="cpu")
+    encoder = load_encoder("official", device="cpu", precision="fp32")
 
     assert asked == [
         ("aliceblondel/LEMON", "lemon.pth.tar"),
@@ -250,14 +250,14 @@ def test_unknown_device_is_refused():
 
 
 def test_embed_refuses_crops_of_the_wrong_size(random_encoder_path):
-    encoder = load_encoder(random_encoder_path, device="cpu")
+    encoder = load_encoder(random_encoder_path, device="cpu", precision="fp32")
 
     with pytest.raises(ValueError, match=r"expected \(n, 40, 40, 3\)"):
         encoder.embed(np.zeros((2, 32, 32, 3), np.uint8))
 
 
 def test_embed_batches_give_the_same_result(random_encoder_path, crops):
-    encoder = load_encoder(random_encoder_path, device="cpu")
+    encoder = load_encoder(random_encoder_path, device="cpu", precision="fp32")
 
     np.testing.assert_allclose(
         encoder.embed(crops, batch_size=4),

@@ -95,7 +95,9 @@ def _load_into(model: torch.nn.Module, state: dict, source: Path) -> None:
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 
-def load_safetensors(path: str | Path, device: str = "auto") -> Encoder:
+def load_safetensors(
+    path: str | Path, device: str = "auto", precision: str = "auto"
+) -> Encoder:
     """Load a checkpoint in the plugin's layout: safetensors + JSON card."""
     from safetensors.torch import load_file
 
@@ -129,7 +131,7 @@ def load_safetensors(path: str | Path, device: str = "auto") -> Encoder:
     model = create_vit(card, weight_init="skip")
     state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("head")}
     _load_into(model, state, path)
-    return Encoder(model, card, device)
+    return Encoder(model, card, device, precision)
 
 
 def read_mean_std(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -154,7 +156,10 @@ def read_mean_std(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 def load_official(
-    checkpoint: str | Path, mean_std: str | Path | None = None, device: str = "auto"
+    checkpoint: str | Path,
+    mean_std: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
 ) -> Encoder:
     """Load the official LEMON MoCo v3 checkpoint (``lemon.pth.tar``).
 
@@ -206,10 +211,12 @@ def load_official(
 
     model = create_vit(card, weight_init="skip")
     _load_into(model, encoder_state, checkpoint)
-    return Encoder(model, card, device)
+    return Encoder(model, card, device, precision)
 
 
-def load_from_hub(repo_id: str, device: str = "auto") -> Encoder:
+def load_from_hub(
+    repo_id: str, device: str = "auto", precision: str = "auto"
+) -> Encoder:
     """Download ``lemon.pth.tar`` and ``mean_std.json`` from a model-hub repo."""
     try:
         from huggingface_hub import hf_hub_download
@@ -227,10 +234,12 @@ def load_from_hub(repo_id: str, device: str = "auto") -> Encoder:
             f"could not download {OFFICIAL_CHECKPOINT} from {repo_id!r} ({err}); "
             "download it by hand and pass its local path"
         ) from err
-    return load_official(ckpt, stats, device)
+    return load_official(ckpt, stats, device, precision)
 
 
-def load_encoder(model: str | Path = "bundled", device: str = "auto") -> Encoder:
+def load_encoder(
+    model: str | Path = "bundled", device: str = "auto", precision: str = "auto"
+) -> Encoder:
     """Load an encoder by name, path or hub id.
 
     Parameters
@@ -241,9 +250,13 @@ def load_encoder(model: str | Path = "bundled", device: str = "auto") -> Encoder
         holding it and ``mean_std.json``); or an ``"org/name"`` hub id.
     device : str
         ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    precision : str
+        ``"auto"`` (fp16 on CUDA, bf16 on a CPU with AMX, else fp32), ``"fp32"``,
+        ``"bf16"``, ``"int8"`` (CPU) or ``"fp16"`` (CUDA); see
+        :mod:`napari_lemon.precision`.
     """
     if str(model) == "official":
-        return load_from_hub(OFFICIAL_HUB_ID, device)
+        return load_from_hub(OFFICIAL_HUB_ID, device, precision)
     if str(model) == "bundled":
         path = WEIGHTS_DIR / f"{BUNDLED_NAME}.safetensors"
         if not path.is_file():
@@ -251,19 +264,19 @@ def load_encoder(model: str | Path = "bundled", device: str = "auto") -> Encoder
                 f"bundled weights {path.name} are missing from the installed package; "
                 "reinstall napari-lemon"
             )
-        return load_safetensors(path, device)
+        return load_safetensors(path, device, precision)
 
     path = Path(model)
     if path.is_dir() and (path / OFFICIAL_CHECKPOINT).is_file():
-        return load_official(path / OFFICIAL_CHECKPOINT, device=device)
+        return load_official(path / OFFICIAL_CHECKPOINT, None, device, precision)
     if path.suffix == ".safetensors":
-        return load_safetensors(path, device)
+        return load_safetensors(path, device, precision)
     if path.is_file() and path.suffix == ".json":
-        return load_safetensors(path.with_suffix(".safetensors"), device)
+        return load_safetensors(path.with_suffix(".safetensors"), device, precision)
     if path.is_file():
-        return load_official(path, device=device)
+        return load_official(path, None, device, precision)
     if not path.exists() and str(model).count("/") == 1 and not path.suffix:
-        return load_from_hub(str(model), device)
+        return load_from_hub(str(model), device, precision)
     raise FileNotFoundError(
         f"model={str(model)!r} is neither 'bundled', 'official', a weights file "
         "(.safetensors with its .json card, or lemon.pth.tar), nor an 'org/name' "

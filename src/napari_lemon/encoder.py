@@ -15,6 +15,7 @@ Weights files are read and written by :mod:`napari_lemon.checkpoint`.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -174,8 +175,18 @@ def select_device(device: str = "auto") -> str:
     return device
 
 
+# crops per forward pass on the CPU, per precision: the best of the sweep in
+# benchmarks/embedding_speed.py (larger batches leave the caches and gain nothing)
+CPU_BATCH = {"fp32": 64, "bf16": 128, "int8": 64}
+# on CUDA: this share of the free memory, at the bytes per crop measured on a
+# probe batch, at most CUDA_MAX_BATCH crops (more only delays progress reports)
+CUDA_MEMORY_SHARE = 0.5
+CUDA_MAX_BATCH = 4096
+PROBE_BATCH = 64
+
+
 class Encoder:
-    """A loaded encoder: network, card and device, ready to embed crops.
+    """A loaded encoder: network, card, device and precision, ready to embed crops.
 
     Parameters
     ----------
@@ -185,12 +196,34 @@ class Encoder:
         Architecture, preprocessing and provenance of the weights.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    precision : str
+        ``"auto"``, ``"fp32"``, ``"bf16"``, ``"int8"`` (CPU only) or ``"fp16"``
+        (CUDA only); see :mod:`napari_lemon.precision`.
+
+    Attributes
+    ----------
+    precision : str
+        The resolved precision (never ``"auto"``), for provenance.
+    model : torch.nn.Module
+        The fp32 network (its weights identify the encoder).
     """
 
-    def __init__(self, model: torch.nn.Module, card: EncoderCard, device="auto"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: EncoderCard,
+        device: str = "auto",
+        precision: str = "auto",
+    ):
+        from .precision import quantize_int8, resolve_precision
+
         self.card = card
         self.device = select_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
+        self._network = quantize_int8(self.model) if self.precision == "int8" else None
+        self._max_batch: int | None = None  # lowered after a CUDA out-of-memory
+        self._bytes_per_crop: float | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -200,16 +233,61 @@ class Encoder:
         """uint8 crops (n, h, w, 3) -> normalised float tensor (n, 3, h, w)."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.card.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.card.std, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        x = torch.from_numpy(np.ascontiguousarray(crops))
+        if self.device.startswith("cuda"):  # uint8 over the bus, asynchronously
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.to(self.device).permute(0, 3, 1, 2).float()
+        scale = 255.0 * torch.tensor(self.card.std, device=self.device)
+        mean = torch.tensor(self.card.mean, device=self.device) / torch.tensor(
+            self.card.std, device=self.device
+        )
+        return x.div_(scale.view(1, 3, 1, 1)).sub_(mean.view(1, 3, 1, 1))
+
+    def default_batch_size(self) -> int:
+        """Crops per forward pass for this device and precision.
+
+        CUDA: :data:`CUDA_MEMORY_SHARE` of the free memory over the bytes one crop
+        takes (measured once on a probe batch), 1 to :data:`CUDA_MAX_BATCH`.
+        CPU and MPS: the measured best of :data:`CPU_BATCH`.
+        """
+        if not self.device.startswith("cuda"):
+            return CPU_BATCH.get(self.precision, 64)
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        fits = int(free * CUDA_MEMORY_SHARE // self._cuda_bytes_per_crop())
+        return max(1, min(fits, CUDA_MAX_BATCH, self._max_batch or CUDA_MAX_BATCH))
+
+    def _cuda_bytes_per_crop(self) -> float:
+        """Peak CUDA memory of one crop's forward pass, measured on a probe batch."""
+        if self._bytes_per_crop is None:
+            import torch
+
+            size = self.card.crop_size
+            probe = np.zeros((PROBE_BATCH, size, size, 3), np.uint8)
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            with torch.inference_mode():
+                self._forward(probe)
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+            self._bytes_per_crop = max(peak / PROBE_BATCH, 1.0)
+        return self._bytes_per_crop
+
+    def _forward(self, crops: np.ndarray) -> np.ndarray:
+        """One forward pass: uint8 (n, h, w, 3) -> float32 (n, embed_dim)."""
+        from .precision import autocast
+
+        x = self.preprocess(crops)
+        network = self._network or self.model
+        with autocast(self.precision, self.device):
+            y = network(x)
+        return y.float().cpu().numpy()
 
     def embed(
         self,
         crops: np.ndarray,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         progress: Callable[[Iterable], Iterable] | None = None,
     ) -> np.ndarray:
         """Embed nucleus crops.
@@ -218,8 +296,9 @@ class Encoder:
         ----------
         crops : ndarray of shape (n, crop_size, crop_size, 3), uint8
             Crops at the card's mpp, as made by :func:`napari_lemon.crops.crop_nuclei`.
-        batch_size : int
-            Crops per forward pass.
+        batch_size : int, optional
+            Crops per forward pass; None: :meth:`default_batch_size`. On a CUDA
+            out-of-memory the batch halves and the pass is retried.
         progress : callable, optional
             Wraps the iterable of batches (``tqdm``, ``napari.utils.progress``); the
             caller can stop between batches by breaking out of it.
@@ -235,16 +314,59 @@ class Encoder:
             raise ValueError(
                 f"crops have shape {crops.shape}; expected (n, {size}, {size}, 3)"
             )
+        if batch_size is not None and (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int | np.integer)
+            or batch_size < 1
+        ):
+            raise ValueError(
+                f"batch_size={batch_size!r} must be a positive whole number of crops, "
+                "or None to choose it from the device"
+            )
+        batch_size = int(batch_size or self.default_batch_size())
         out = np.empty((len(crops), self.embed_dim), dtype=np.float32)
         starts = range(0, len(crops), batch_size)
         if progress is not None:
             starts = progress(starts)
 
-        use_half = self.device.startswith("cuda")
         with torch.inference_mode():
             for start in starts:
-                x = self.preprocess(crops[start : start + batch_size])
-                with torch.autocast("cuda", dtype=torch.float16, enabled=use_half):
-                    y = self.model(x)
-                out[start : start + len(x)] = y.float().cpu().numpy()
+                chunk = crops[start : start + batch_size]
+                out[start : start + len(chunk)] = self._embed_backing_off(chunk)
         return out
+
+    def _embed_backing_off(self, crops: np.ndarray) -> np.ndarray:
+        """Embed ``crops`` in passes that halve after each out-of-memory error."""
+        import torch
+
+        out = np.empty((len(crops), self.embed_dim), dtype=np.float32)
+        done = 0
+        while done < len(crops):
+            step = min(len(crops) - done, self._max_batch or len(crops))
+            try:
+                out[done : done + step] = self._forward(crops[done : done + step])
+            except torch.cuda.OutOfMemoryError as err:
+                self._back_off(step, err)
+                continue
+            done += step
+        return out
+
+    def _back_off(self, step: int, err: Exception) -> None:
+        """Halve the largest batch after an out-of-memory error at ``step`` crops."""
+        import torch
+
+        if step <= 1:
+            raise torch.cuda.OutOfMemoryError(
+                f"the encoder ran out of GPU memory on {self.device} with a single "
+                "crop; free GPU memory (other processes) or use device='cpu'"
+            ) from err
+        if self._max_batch is None:
+            warnings.warn(
+                f"out of GPU memory at {step} crops per batch on {self.device}; "
+                "halving the batch and retrying (pass a smaller batch_size to "
+                "avoid the retries)",
+                stacklevel=4,
+            )
+        self._max_batch = step // 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

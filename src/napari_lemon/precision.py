@@ -1,0 +1,114 @@
+"""Numeric precision of encoder inference: which one, and how to run a model in it.
+
+============  =======================================================================
+precision     how
+============  =======================================================================
+``fp32``      the network as trained
+``bf16``      ``torch.autocast`` to bfloat16 (CPU: oneDNN, AMX tiles where present;
+              CUDA: tensor cores)
+``fp16``      ``torch.autocast`` to float16, CUDA only
+``int8``      dynamic quantisation of every ``nn.Linear`` (int8 weights, activations
+              quantised per batch), CPU only
+``auto``      fp16 on CUDA; on a CPU with AMX the choice of :data:`CPU_AUTO`, which
+              kept the CRC probe within a point of fp32 in
+              ``benchmarks/embedding_speed.py``; fp32 elsewhere
+============  =======================================================================
+
+Embeddings always come back as float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
+
+# NOTE: measured in benchmarks/results/embedding_speed.json (2 cores of a Xeon with
+# AMX): bf16 ran 2.5-3x fp32 and changed the CRC balanced accuracy by less than a
+# point; int8 dynamic quantisation was slower than bf16
+CPU_AUTO = "bf16"
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX tiles for bf16 matrix products (Linux flags)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    try:
+        return cpuinfo.is_file() and "amx_bf16" in cpuinfo.read_text()
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The concrete precision for ``precision`` on a resolved ``device``.
+
+    Raises
+    ------
+    ValueError
+        An unknown precision, or one the device cannot run.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not one of {PRECISIONS}; 'auto' picks fp16 "
+            "on CUDA and the fastest accurate one on the CPU"
+        )
+    on_cuda, on_cpu = device.startswith("cuda"), device == "cpu"
+
+    if precision == "auto":
+        if on_cuda:
+            return "fp16"
+        return CPU_AUTO if on_cpu and cpu_has_amx() else "fp32"
+    if precision == "fp16" and not on_cuda:
+        raise ValueError(
+            f"precision='fp16' needs a CUDA GPU (device={device!r}); on the CPU "
+            "use 'bf16', 'int8' or 'fp32'"
+        )
+    if precision == "int8" and not on_cpu:
+        raise ValueError(
+            f"precision='int8' runs only on the CPU (device={device!r}); on a GPU "
+            "use 'fp16' or 'bf16'"
+        )
+    if precision == "bf16" and not (on_cpu or on_cuda):
+        raise ValueError(
+            f"precision='bf16' runs on the CPU or CUDA (device={device!r}); use 'fp32'"
+        )
+    if precision == "bf16" and on_cpu and not cpu_has_amx():
+        warnings.warn(
+            "precision='bf16': this CPU has no AMX tiles, so bfloat16 may be slower "
+            "than fp32; pass precision='fp32' (or 'auto')",
+            stacklevel=3,
+        )
+    return precision
+
+
+def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved ``precision`` (a no-op for fp32, int8)."""
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        return contextlib.nullcontext()
+    kind = "cuda" if device.startswith("cuda") else device
+    return torch.autocast(kind, dtype=dtypes[precision])
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` dynamically quantised to int8.
+
+    The patch embedding (a convolution), norms and attention products stay fp32.
+    """
+    import torch
+
+    # FIXME: torch.ao.quantization is deprecated in favour of torchao; move there
+    # when torchao is a dependency (its CPU int8 path needs torch.compile today)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated", category=Warning)
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).cpu(), {torch.nn.Linear}, dtype=torch.qint8
+        )
