@@ -576,6 +576,7 @@ def test_read_results_refuses_an_incomplete_store(tmp_path):
         read_results(path)
 
 
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data")
 def test_read_results_refuses_foreign_zarr_folders(tmp_path):
     import anndata
     import zarr
@@ -641,3 +642,63 @@ def test_context_manager_releases_the_lock_on_errors(tmp_path):
             raise RuntimeError("boom")
     assert not lock_path_of(path).exists()
     assert read_record(path)["tiles_done"] == [0]  # complete tiles are kept
+
+
+def test_buffered_rows_are_written_after_flush_seconds(tmp_path, monkeypatch):
+    path = tmp_path / "nuclei.zarr"
+    monkeypatch.setattr(incremental_store, "FLUSH_ROWS", 10**9)
+    store = open_store(path)
+    store.append_tile(0, *make_tile(0, 3))
+    assert read_record(path)["tiles_done"] == []  # buffered
+
+    monkeypatch.setattr(incremental_store, "FLUSH_SECONDS", 0.0)
+    store.append_tile(1, *make_tile(1, 2))
+    assert read_record(path)["tiles_done"] == [0, 1]
+    assert store.tiles_committed == {0, 1}
+    store.close()
+
+
+def test_tiles_of_several_segmenters_keep_their_names(tmp_path):
+    parts = [make_tile(0, 3), make_tile(1, 2)]
+    parts[1][0]["segmenter"] = "unet"
+    with open_store(tmp_path / "nuclei.zarr") as store:
+        for t, part in enumerate(parts):
+            store.append_tile(t, *part)
+        store.finish(None, {})
+    back = read_results(tmp_path / "nuclei.zarr")
+    assert back.obs["segmenter"].tolist() == ["classical"] * 3 + ["unet"] * 2
+
+
+@pytest.mark.filterwarnings("ignore:zarr v3 autosharding")
+def test_zarr_format_3_stores_work_too(tmp_path, small_chunks):
+    import anndata
+
+    parts, path = tiles(), tmp_path / "nuclei.zarr"
+    with anndata.settings.override(zarr_write_format=3):
+        with open_store(path) as store:
+            for t in (0, 1, 2):
+                store.append_tile(t, *parts[t])
+    assert (path / "zarr.json").is_file()
+    with open_store(path) as store:  # resumed in its own format
+        for t in (3, 4, 5):
+            store.append_tile(t, *parts[t])
+        store.finish(None, {})
+    assert_same_rows(anndata.read_zarr(path), reference(list(parts.values())))
+
+
+def test_an_old_unreadable_lock_is_taken_over(tmp_path):
+    path = tmp_path / "nuclei.zarr"
+    lock = lock_path_of(path)
+    lock.write_text("")
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match="stale lock .*unreadable lock file"):
+        open_store(path).close()
+
+
+def test_leftovers_of_an_interrupted_creation_are_removed(tmp_path):
+    leftover = tmp_path / ".nuclei.zarr.12345.new"
+    leftover.mkdir()
+    (leftover / "junk").write_text("x")
+    open_store(tmp_path / "nuclei.zarr").close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.zarr"]

@@ -2,18 +2,21 @@
 
 The store is a ``<name>.zarr`` folder in AnnData's on-disk zarr layout, so
 ``anndata.read_zarr`` (and :func:`napari_lemon.store.read_results`) returns the
-layout of :func:`napari_lemon.store.build_results`. Layout (zarr format 2, the
-format anndata 0.12 writes by default; an existing store keeps its format)::
+layout of :func:`napari_lemon.store.build_results`. A new store takes the zarr
+format anndata writes by default (``anndata.settings.zarr_write_format``: 2 in
+anndata 0.12, which reads 2 and 3); an existing store keeps its own. Layout::
 
     nuclei.zarr/               attrs["napari-lemon"]: the commit record (run key,
-                               tiles done, rows, vertices)
-      obs/                     nucleus_id, x, y, area_um2, tile_id: appended
-        segmenter/codes        appended; segmenter/categories written at finish
+                               provenance, tiles done, rows, vertices)
+      obs/                     nucleus_id, x, y, area_um2, tile_id: appended,
+                               chunks of 65536 rows
+        segmenter/codes        int8, appended; segmenter/categories at finish
         _index, cluster        written at finish
-      obsm/X_lemon             (n, dim) float16 (or float32), appended
-      obsm/spatial             (n, 2) float64, appended
-      uns/outlines/offsets     (n + 1,) int64, appended
-      uns/outlines/xy          (vertices, 2) float32, appended
+      obsm/X_lemon             (n, dim) float16 (or float32), appended, chunks of
+                               8192 rows (6 MB at 384-d float16)
+      obsm/spatial             (n, 2) float64, appended, 65536 rows
+      uns/outlines/offsets     (n + 1,) int64, appended, 65536 rows
+      uns/outlines/xy          (vertices, 2) float32, appended, 524288 vertices
       uns/lemon                provenance, written at finish
       var/ layers/ obsp/ varm/ varp/ raw   empty, as anndata writes them
     nuclei.zarr.lock           held by the writing process
@@ -145,6 +148,11 @@ def check_complete(path: str | Path) -> dict[str, Any] | None:
             f"{path} is incomplete ({counts}); run the same command again to finish it"
         )
     return record
+
+
+# NOTE: nothing is fsynced: a killed process loses nothing committed (the page
+# cache survives it), a power cut may. Atomic chunk files are a property of
+# zarr's local store; a remote (fsspec) store would need its own care.
 
 
 def _write_record(root, record: dict[str, Any]) -> None:
