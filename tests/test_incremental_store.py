@@ -600,6 +600,8 @@ def test_open_refuses_bad_parameters(tmp_path):
         open_store(tmp_path / "a.zarr", embed_dim=0)
     with pytest.raises(ValueError, match="run_key must hold only numbers"):
         open_store(tmp_path / "a.zarr", run_key={"f": object()})
+    with pytest.raises(ValueError, match="provenance must hold only numbers"):
+        open_store(tmp_path / "a.zarr", provenance={"mpp": float("nan")})
     (tmp_path / "file.zarr").write_text("x")
     with pytest.raises(StoreError, match="file.zarr is a file"):
         open_store(tmp_path / "file.zarr")
@@ -702,3 +704,17 @@ def test_leftovers_of_an_interrupted_creation_are_removed(tmp_path):
     (leftover / "junk").write_text("x")
     open_store(tmp_path / "nuclei.zarr").close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.zarr"]
+
+
+def test_a_store_with_fewer_rows_than_committed_is_damaged(tmp_path):
+    import zarr
+
+    path = tmp_path / "nuclei.zarr"
+    with open_store(path) as store:
+        store.append_tile(0, *make_tile(0, 3))
+    zarr.open_group(path, mode="r+")["obs/x"].resize((2,))
+    with pytest.raises(
+        StoreError, match=r"obs/x holds 2 rows but .* counts 3.*damaged"
+    ):
+        open_store(path)
+    assert not lock_path_of(path).exists()

@@ -109,7 +109,7 @@ def _length(counted_by: str, n_rows: int, n_vertices: int) -> int:
 def _jsonable(value: Any, name: str) -> Any:
     """``value`` as it reads back from JSON; refuses what JSON cannot hold."""
     try:
-        return json.loads(json.dumps(_storable(value)))
+        return json.loads(json.dumps(_storable(value), allow_nan=False))
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"{name} must hold only numbers, strings, lists and dicts (it is "
@@ -322,8 +322,10 @@ class IncrementalStore:
     @staticmethod
     def _existing(path, run_key, embed_dim, embedding_dtype, overwrite):
         """The record of a resumable store at ``path``, or None to create one."""
-        for leftover in path.parent.glob(f".{path.name}.*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        prefix = f".{path.name}."  # our temporaries, removed under the lock
+        for leftover in path.parent.iterdir():
+            if leftover.name.startswith(prefix) and leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
         if path.is_file():
             raise StoreError(f"{path} is a file; give a folder ending in .zarr")
         if not path.exists():
@@ -382,7 +384,13 @@ class IncrementalStore:
         for name, (_, _, _, counted_by) in self._spec.items():
             array = self._root[name]
             length = _length(counted_by, n_rows, n_vertices)
-            if array.shape[0] != length:
+            if array.shape[0] < length:
+                raise StoreError(
+                    f"{self.path}: {name} holds {array.shape[0]} rows but the commit "
+                    f"record counts {length}; the store is damaged. Run the command "
+                    "again with --overwrite (overwrite=True) to start over"
+                )
+            if array.shape[0] > length:
                 logger.info(
                     "resume: %s cut from %d to %d", name, array.shape[0], length
                 )
