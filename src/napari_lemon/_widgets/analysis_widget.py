@@ -1,14 +1,18 @@
 """The "LEMON nuclei" panel: find, embed and cluster the nuclei of an H&E image.
 
-The panel gathers parameters, runs :func:`napari_lemon.pipeline.analysis_steps` in a
-worker thread, shows its stages in napari's activity dock, and turns the result
-into layers. It computes nothing itself.
+The panel gathers parameters, runs :func:`napari_lemon.pipeline.analysis_steps` (a
+region) or :func:`napari_lemon.whole_slide.slide_steps` (a whole slide, tile by
+tile, into a resumable ``<slide>.lemon.zarr``) in a worker thread, shows its stages
+in napari's activity dock, and turns the result into layers: the nuclei as points
+coloured by a features column, their outlines when zoomed in
+(:mod:`._nuclei_display`). It computes nothing itself.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +39,9 @@ from napari.utils.notifications import (
 from superqt.utils import GeneratorWorker
 
 from .._reader import SLIDE_PATH_KEY
-from . import _results, _source
+from . import _results, _slide_job, _source
 from ._gl_safety import block_triton_after_gl_llvm
+from ._nuclei_display import recolour
 
 if TYPE_CHECKING:
     import napari
@@ -46,9 +51,11 @@ logger = logging.getLogger(__name__)
 BUNDLED, FROM_FILE = "bundled", "from file"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 WHOLE, VIEW, RECTANGLE = "whole image", "current view", "last drawn rectangle"
+WHOLE_SLIDE = "whole slide, tiled (saved as .lemon.zarr)"
 MODEL_FILTER = "*.safetensors *.pth.tar *.tar *.pth"
 # problems the user can fix from the message alone; others come with a traceback
 USER_ERRORS = (ValueError, OSError)
+HIDDEN_COLUMNS = ("nucleus_id", "x", "y", "segmenter", "tile_id")
 
 
 class AnalysisError(Exception):
@@ -57,6 +64,14 @@ class AnalysisError(Exception):
     NOTE: superqt's GeneratorWorker returns a RuntimeError raised inside the
     generator as if the worker had been deleted, and only warns about it.
     """
+
+
+def guarded(job: Any, *args: Any, **kwargs: Any) -> Generator:
+    """Run the generator ``job``, re-raising its RuntimeErrors as AnalysisError."""
+    try:
+        return (yield from job(*args, **kwargs))
+    except RuntimeError as err:
+        raise AnalysisError(f"{type(err).__name__}: {err}") from err
 
 
 def analysis_job(
@@ -98,6 +113,7 @@ class AnalysisWidget(Container):
         self._worker: Any = None
         self._progress: progress | None = None
         self._job: dict[str, Any] = {}
+        self._loader: Any = None
         self._make_controls()
         self._connect()
         self._on_image_changed(self._image.value)
@@ -127,19 +143,37 @@ class AnalysisWidget(Container):
         )
         self._clusters = SpinBox(label="clusters", min=2, max=64, value=8)
         self._device = ComboBox(label="device", choices=list(DEVICES))
-        self._region = ComboBox(label="region", choices=[WHOLE, VIEW, RECTANGLE])
-        self._outlines = CheckBox(
-            text=f"outlines (up to {_results.MAX_OUTLINES:,} nuclei)", value=True
+        self._region = ComboBox(
+            label="region", choices=[WHOLE, VIEW, RECTANGLE, WHOLE_SLIDE]
         )
+        self._folder = FileEdit(
+            label="results folder",
+            mode="d",
+            tooltip="Where <slide>.lemon.zarr is written; empty: beside the slide. "
+            "Running again resumes an unfinished store",
+        )
+        self._tile_um = FloatSpinBox(
+            label="tile (µm)",
+            min=16.0,
+            max=4096.0,
+            value=512.0,
+            tooltip="Side of the square tiles a whole slide is analysed in",
+        )
+        for control in (self._folder, self._tile_um):
+            control.visible = False
+        self._outlines = CheckBox(text="outlines when zoomed in", value=True)
+        self._colour_by = ComboBox(label="colour by", choices=self._colour_columns)
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._save = PushButton(text="Save results…", enabled=False)
+        self._load = PushButton(text="Load results…")
         self._status = Label(value="")
         self.extend(
             [self._image, self._mpp, self._model, self._model_file, self._segmenter]
-            + [self._clusters]
-            + [self._device, self._region, self._outlines, self._run, self._cancel]
-            + [self._save, self._status]
+            + [self._clusters, self._device, self._region, self._folder]
+            + [self._tile_um]
+            + [self._outlines, self._colour_by, self._run, self._cancel]
+            + [self._save, self._load, self._status]
         )
 
     def _connect(self) -> None:
@@ -147,12 +181,19 @@ class AnalysisWidget(Container):
         self._model.changed.connect(
             lambda value: setattr(self._model_file, "visible", value == FROM_FILE)
         )
+        self._region.changed.connect(self._on_region_changed)
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._save.changed.connect(lambda: self.save_results())
+        self._load.changed.connect(lambda: self.load_results())
+        self._colour_by.changed.connect(self._on_colour_by)
         events = self._viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._image.reset_choices)
+            event.connect(self._colour_by.reset_choices)
+        self._viewer.layers.selection.events.active.connect(
+            self._colour_by.reset_choices
+        )
 
     def _rgb_layers(self, _widget: Any = None) -> list[tuple[str, Image]]:
         return [
@@ -160,6 +201,23 @@ class AnalysisWidget(Container):
             for layer in self._viewer.layers
             if isinstance(layer, Image) and layer.rgb and layer.ndim == 2
         ]
+
+    def _on_region_changed(self, value: str) -> None:
+        for control in (self._folder, self._tile_um):
+            control.visible = value == WHOLE_SLIDE
+
+    def _colour_columns(self, _widget: Any = None) -> list[str]:
+        layer = self.results_layer() if hasattr(self, "_viewer") else None
+        if layer is None:
+            return []
+        names = [c for c in layer.features.columns if c not in HIDDEN_COLUMNS]
+        return sorted(names, key=lambda c: (c != "cluster", not c.startswith("probe")))
+
+    def _on_colour_by(self, column: str | None) -> None:
+        layer = self.results_layer()
+        current = None if layer is None else layer.metadata.get("lemon_colour", {})
+        if column and layer is not None and current.get("column", "cluster") != column:
+            recolour(layer, column)
 
     def _on_image_changed(self, layer: Image | None) -> None:
         mpp = _source.layer_mpp(layer) if layer is not None else None
@@ -233,19 +291,42 @@ class AnalysisWidget(Container):
         # the slide file, or the pixels of a layer without one
         block_triton_after_gl_llvm()
         path = _source.slide_path_of(layer)
+        mpp = params.pop("mpp")
+        self._job = {"layer": layer, "mpp": mpp, "region": params["region"]}
+        if self._region.value == WHOLE_SLIDE:
+            self._start_whole_slide(layer, path, mpp, params)
+            return
         # NOTE: a layer without a file is written whole (its finest level) to a TIFF
         pixels = layer.data[0] if layer.multiscale else layer.data
         source = path if path is not None else pixels
-        mpp = params.pop("mpp")
-        self._job = {"layer": layer, "mpp": mpp, "region": params["region"]}
-        self._start(source, mpp, params)
+        self._start(analysis_job, source, mpp, **params)
 
-    def _start(self, source: Any, mpp: float, params: dict[str, Any]) -> None:
-        # superqt's worker: this panel reports errors and warnings itself, once
-        job = thread_worker(
-            analysis_job, worker_class=GeneratorWorker, ignore_errors=True
+    def _start_whole_slide(
+        self, layer: Image, path: Path | None, mpp: float, params: dict[str, Any]
+    ) -> None:
+        if path is None:
+            show_error(
+                f"region={WHOLE_SLIDE!r} needs a layer opened from a slide file; "
+                f"{layer.name!r} has none. Open the slide with File > Open, or "
+                "choose another region"
+            )
+            return
+        try:
+            out = _slide_job.results_path(path, self._folder.value)
+        except ValueError as err:
+            show_error(str(err))
+            return
+        params.pop("region")
+        params["tile_um"] = float(self._tile_um.value)
+        self._job.update(stop=threading.Event(), out=out, resumed=None)
+        self._start(
+            _slide_job.whole_slide_job, path, mpp, out, self._job["stop"], **params
         )
-        worker = job(source, mpp, **params)
+
+    def _start(self, job_function: Any, *args: Any, **kwargs: Any) -> None:
+        # superqt's worker: this panel reports errors and warnings itself, once
+        job = thread_worker(guarded, worker_class=GeneratorWorker, ignore_errors=True)
+        worker = job(job_function, *args, **kwargs)
         worker.warned.connect(lambda args: notification_manager.receive_warning(*args))
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
@@ -259,9 +340,13 @@ class AnalysisWidget(Container):
 
     def cancel(self) -> None:
         """Ask the running analysis to stop after its current batch."""
-        if self._worker is not None:
+        if self._worker is None:
+            return
+        if "stop" in self._job:  # whole slide: the job closes its store itself
+            self._job["stop"].set()
+        else:
             self._worker.quit()
-            self._status.value = "cancelling after the current batch…"
+        self._status.value = "cancelling after the current batch…"
 
     def _set_running(self, running: bool) -> None:
         self._run.enabled = not running
@@ -271,6 +356,10 @@ class AnalysisWidget(Container):
     # ------------------------------------------------------------ worker events
     def _on_progress(self, step: tuple[str, int, int]) -> None:
         stage, done, total = step
+        if stage == "tiles" and self._job.get("resumed") is None:
+            self._job["resumed"] = done
+            if done:
+                self._status.value = f"resuming, {done} of {total} tiles done"
         bar = self._progress
         if bar is None:
             return
@@ -283,25 +372,37 @@ class AnalysisWidget(Container):
 
     def _on_result(self, result: Any) -> None:
         layer, mpp = self._job["layer"], self._job["mpp"]
-        adata = result.adata
-        if adata.n_obs == 0:
-            show_warning(f"No nuclei found in {layer.name!r} (region {result.region})")
+        if result is None:  # a whole-slide run stopped by Cancel
+            self._status.value = "cancelled: Run again to resume"
+            show_info(f"LEMON: cancelled; {self._job['out'].name} can be resumed")
             return
-
-        # outlines first, so the points stay on top
-        if self._outlines.value and adata.n_obs <= _results.MAX_OUTLINES:
-            data, kwargs, _ = _results.outline_layer_data(adata, layer)
-            self._viewer.add_shapes(data, **kwargs)
-        elif self._outlines.value:
-            show_info(
-                f"{adata.n_obs:,} nuclei: outlines are drawn for up to "
-                f"{_results.MAX_OUTLINES:,}; the nuclei are shown as points"
-            )
-        data, kwargs, _ = _results.nuclei_layer_data(adata, layer, mpp, result.region)
-        self._viewer.add_points(data, **kwargs)
-        self._save.enabled = True
+        if isinstance(result, tuple):  # a whole slide: (SlideRun, AnnData)
+            run, adata = result
+            region, where = None, f"; saved to {run.path}"
+        else:
+            adata, region, where = result.adata, result.region, ""
+        if adata.n_obs == 0:
+            show_warning(f"No nuclei found in {layer.name!r} (region {region})")
+            return
+        self.show_nuclei(adata, layer, mpp, region)
         self._status.value = f"{adata.n_obs:,} nuclei"
-        show_info(f"LEMON: {adata.n_obs:,} nuclei in {layer.name!r}")
+        show_info(f"LEMON: {adata.n_obs:,} nuclei in {layer.name!r}{where}")
+
+    def show_nuclei(
+        self,
+        adata: Any,
+        layer: Image | None,
+        mpp: float,
+        region: tuple | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Add results as a nuclei layer (outlines when zoomed in, if ticked)."""
+        points = _results.add_nuclei(
+            self._viewer, adata, layer, mpp, region, name, self._outlines.value
+        )
+        self._save.enabled = True
+        self._colour_by.reset_choices()
+        return points
 
     def _on_error(self, err: Exception) -> None:
         logger.debug("analysis failed", exc_info=err)
@@ -321,6 +422,73 @@ class AnalysisWidget(Container):
             self._progress = None
         self._worker = None
         self._set_running(False)
+
+    # --------------------------------------------------------------------- load
+    def load_results(self, path: str | Path | None = None) -> Any:
+        """Show the nuclei of a results file (``.lemon.zarr`` or ``.h5ad``).
+
+        Read in a worker thread; the nuclei land on the chosen image when it is the
+        slide the results came from, else in microns at the results' mpp.
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            The results; when None a dialog asks.
+
+        Returns
+        -------
+        The worker reading the file, or None when nothing is read.
+        """
+        from napari_lemon.store import read_results
+
+        if path is None:
+            path = self._ask_results_path()
+            if not path:
+                return None
+        path = Path(path)
+        job = thread_worker(read_results, ignore_errors=True)
+        worker = job(path)
+        worker.returned.connect(lambda adata: self._on_loaded(adata, path))
+        worker.errored.connect(
+            lambda err: show_error(f"Could not load LEMON results: {err}")
+        )
+        worker.finished.connect(lambda: setattr(self, "_loader", None))
+        self._loader = worker
+        self._status.value = f"reading {path.name}…"
+        worker.start()
+        return worker
+
+    def _on_loaded(self, adata: Any, path: Path) -> None:
+        provenance = adata.uns.get("lemon", {})
+        mpp = provenance.get("mpp")
+        if not mpp:
+            show_error(
+                f"{path.name} records no mpp in uns['lemon']: it cannot be placed "
+                "on a slide; make it with `lemon analyze` or the LEMON panel"
+            )
+            return
+        layer = self._image.value
+        source = provenance.get("source", {}).get("name")
+        slide = _source.slide_path_of(layer) if layer is not None else None
+        if slide is None or slide.name != source:
+            layer = None  # not the slide they came from: place them in microns
+        self.show_nuclei(adata, layer, float(mpp), name=f"{path.name} nuclei")
+        self._status.value = f"{adata.n_obs:,} nuclei from {path.name}"
+
+    def _ask_results_path(self) -> str:
+        from qtpy.QtWidgets import QFileDialog
+
+        # NOTE: a .zarr store is a folder: any file in it stands for the store
+        path, _ = QFileDialog.getOpenFileName(
+            self.native,
+            "Open LEMON results: an .h5ad file, or a file in a .lemon.zarr folder",
+            "",
+            "LEMON results (*.h5ad zarr.json .zattrs .zgroup)",
+        )
+        for folder in Path(path).parents if path else ():
+            if folder.suffix == ".zarr":
+                return str(folder)
+        return path
 
     # --------------------------------------------------------------------- save
     def results_layer(self) -> Any:
