@@ -29,7 +29,7 @@ def analyzed(cmu1, random_encoder_path, tmp_path_factory):
     """One ``lemon analyze`` run on a tissue patch of CMU-1: (folder, stdout)."""
     out = tmp_path_factory.mktemp("analyze") / "out"
     argv = ["analyze", cmu1, "--out", out, "--region", TISSUE, "--clusters", 4]
-    argv += ["--model", random_encoder_path]
+    argv += ["--model", random_encoder_path, "--tile-um", 64]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         status = cli.main([str(a) for a in argv])
@@ -46,19 +46,22 @@ def run_error(capsys, argv) -> str:
     return err
 
 
-def test_analyze_writes_the_three_outputs(analyzed):
+STORE = CMU1.replace(".svs", ".zarr")
+
+
+def test_analyze_writes_the_store_its_picture_and_the_summary(analyzed):
     out, lines = analyzed
     assert sorted(p.name for p in out.iterdir()) == [
-        "labels.tif",
-        "nuclei.h5ad",
-        "overlay.png",
+        CMU1.replace(".svs", ".overlay.png"),
+        STORE,
+        "summary.csv",
     ]
     assert lines[-1].endswith(f"-> {out}/")
     assert " nuclei, 4 clusters, " in lines[-1]
 
 
 def test_analyze_results_are_in_level0_pixels_of_the_region(analyzed):
-    adata = read_results(analyzed[0] / "nuclei.h5ad")
+    adata = read_results(analyzed[0] / STORE)
     assert adata.n_obs > 10
     x, y = adata.obsm["spatial"].T
     assert (x >= 1100).all() and (x < 1400).all()
@@ -68,32 +71,46 @@ def test_analyze_results_are_in_level0_pixels_of_the_region(analyzed):
     assert len(outlines_of(adata)) == adata.n_obs
     assert adata.uns["lemon"]["source"]["name"] == CMU1
     assert adata.uns["lemon"]["encoder"]["name"] == "random-test"
+    assert len(set(adata.obs["tile_id"])) > 1  # 64 um tiles: several of them
 
 
-def test_labels_tif_holds_the_instances_and_their_pixel_size(analyzed):
-    adata = read_results(analyzed[0] / "nuclei.h5ad")
-    with tifffile.TiffFile(analyzed[0] / "labels.tif") as tif:
-        page = tif.pages[0]
-        labels = page.asarray()
-        x_resolution = page.tags["XResolution"].value
-        unit = page.tags["ResolutionUnit"].value
-        metadata = tif.shaped_metadata[0]
-    assert labels.dtype == np.uint32 and labels.shape == (300, 300)
-    assert metadata["region_level0"] == [int(v) for v in TISSUE.split(",")]
-    assert set(np.unique(labels)) - {0} == set(adata.obs["nucleus_id"])
-    assert unit == tifffile.RESUNIT.CENTIMETER
-    mpp = 1e4 * x_resolution[1] / x_resolution[0]
-    assert mpp == pytest.approx(0.499, rel=1e-3)
+def test_summary_csv_has_one_row_with_the_nuclei_and_stage_times(analyzed):
+    import pandas as pd
+
+    table = pd.read_csv(analyzed[0] / "summary.csv")
+    adata = read_results(analyzed[0] / STORE)
+    assert table["status"].tolist() == ["done"]
+    assert table["nuclei"].tolist() == [adata.n_obs]
+    assert table["mpp_source"].tolist() == ["file"]
+    assert {"seconds_segment", "seconds_embed"} <= set(table.columns)
 
 
 def test_overlay_png_is_the_region_with_coloured_outlines(analyzed):
-    overlay = np.asarray(Image.open(analyzed[0] / "overlay.png"))
+    overlay = np.asarray(Image.open(analyzed[0] / CMU1.replace(".svs", ".overlay.png")))
     assert overlay.shape == (300, 300, 3)
     # outline pixels take the four cluster colours, absent from plain H&E
     from napari_lemon.overlay import cluster_palette
 
     for colour in cluster_palette(4):
         assert np.all(overlay == colour, axis=-1).sum() > 20
+
+
+def test_analyze_again_resumes_the_finished_store(analyzed, cmu1, random_encoder_path):
+    out, _ = analyzed
+    before = read_results(out / STORE)
+    argv = ["analyze", cmu1, "--out", out, "--region", TISSUE, "--clusters", 4]
+    argv += ["--model", random_encoder_path, "--tile-um", 64]
+    assert cli.main([str(a) for a in argv]) == 0
+    after = read_results(out / STORE)
+    assert after.obs_names.tolist() == before.obs_names.tolist()
+
+
+def test_a_changed_setting_needs_overwrite(capsys, analyzed, cmu1, random_encoder_path):
+    out, _ = analyzed
+    argv = ["analyze", cmu1, "--out", out, "--region", TISSUE, "--clusters", 4]
+    argv += ["--model", random_encoder_path, "--tile-um", 80]
+    err = run_error(capsys, argv)
+    assert "--overwrite" in err and STORE in err
 
 
 def test_demo_analyses_the_sample_from_a_data_dir(
@@ -103,8 +120,43 @@ def test_demo_analyses_the_sample_from_a_data_dir(
     argv = ["demo", "--data-dir", shared_data / "wsi", "--out", out]
     argv += ["--model", random_encoder_path, "--region", "1000,1400,300,300"]
     assert cli.main([str(a) for a in argv]) == 0
-    assert read_results(out / "nuclei.h5ad").n_obs > 0
+    assert read_results(out / STORE).n_obs > 0
     assert "nuclei," in capsys.readouterr().out
+
+
+def test_estimate_mpp_analyses_a_slide_that_records_none(
+    shared_data, random_encoder_path, tmp_path, capsys
+):
+    import pandas as pd
+
+    # a MoNuSeg tile: 40x (0.2527 um/px per its annotations), no pixel size in the file
+    tile = shared_data / "monuseg" / "test" / "images" / "TCGA-2Z-A9J9-01A-01-TS1.tif"
+    out = tmp_path / "est"
+    argv = ["analyze", tile, "--out", out, "--estimate-mpp", "--segmenter", "classical"]
+    argv += ["--model", random_encoder_path, "--region", "0,0,400,400"]
+    assert cli.main([str(a) for a in argv]) == 0
+    table = pd.read_csv(out / "summary.csv")
+    assert table["mpp_source"].tolist() == ["estimated"]
+    assert table["mpp"].iloc[0] == pytest.approx(0.2527, rel=0.2)
+    assert "estimate" in capsys.readouterr().err
+
+
+def test_a_cohort_with_a_failing_slide_exits_1_and_names_it(
+    cmu1, random_encoder_path, tmp_path, capsys
+):
+    import pandas as pd
+
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"II*\x00" + b"\x00" * 64)
+    out = tmp_path / "cohort"
+    argv = ["analyze", cmu1, broken, "--out", out, "--region", TISSUE]
+    argv += ["--model", random_encoder_path, "--workers", 1, "--clusters", 2]
+    assert cli.main([str(a) for a in argv]) == 1
+    table = pd.read_csv(out / "summary.csv")
+    assert table["status"].tolist() == ["done", "failed"]
+    captured = capsys.readouterr()
+    assert "broken.svs: failed:" in captured.err
+    assert captured.out.strip().endswith(f"-> {out}/summary.csv")
 
 
 def test_segment_writes_labels_only(cmu1, tmp_path, capsys):

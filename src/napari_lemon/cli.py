@@ -2,14 +2,17 @@
 
 Subcommands::
 
-    lemon analyze SLIDE --out DIR      nuclei.h5ad, overlay.png, labels.tif
+    lemon analyze SLIDE [SLIDE | FOLDER ...] --out DIR
+                                       DIR/<stem>.zarr results stores (resumable),
+                                       DIR/<stem>.overlay.png, DIR/summary.csv
     lemon segment SLIDE --out labels.tif
     lemon embed SLIDE --points points.csv --out embeddings.h5ad
     lemon demo [--data-dir DIR] [--out DIR]
 
 Errors the user can fix (a missing file, an unreadable slide, no pixel size, a
 weights file of another model) print one ``lemon: error: ...`` line and exit with
-status 2.
+status 2. Several slides run on Dask, one task each; a slide that fails is
+reported in the summary and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DEMO_OUT = "lemon-demo"
-MAX_OVERLAY_SIDE = 4096
-MAX_LABELS_PIXELS = 100_000_000
 USER_ERRORS = (OSError, ValueError)  # incl. SlideError, CheckpointError
 
 
@@ -80,7 +81,7 @@ def region_type(text: str) -> tuple[int, int, int, int]:
 class StageBars:
     """One tqdm bar per pipeline stage, fed by ``(stage, done, total)`` calls."""
 
-    UNITS = {"crop": "nuclei", "embed": "nuclei"}
+    UNITS = {"crop": "nuclei", "embed": "nuclei", "tiles": "tiles"}
 
     def __init__(self) -> None:
         self.stage: str | None = None
@@ -144,33 +145,6 @@ def write_labels(
     return path
 
 
-def write_outputs(result, out: Path) -> list[Path]:
-    """``nuclei.h5ad``, ``overlay.png`` and (up to 100 Mpx) ``labels.tif``."""
-    from PIL import Image
-
-    from .overlay import render_overlay, shrink_for_display
-    from .store import write_results
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [write_results(result.adata, out / "nuclei.h5ad")]
-
-    # outlines coloured by cluster, at most 4096 px a side
-    obs = result.adata.obs
-    image, labels = shrink_for_display(result.image, result.labels, MAX_OVERLAY_SIDE)
-    clusters = obs["cluster"].to_numpy(dtype=np.int64)
-    overlay = render_overlay(image, labels, obs["nucleus_id"].to_numpy(), clusters)
-    Image.fromarray(overlay).save(out / "overlay.png")
-    paths.append(out / "overlay.png")
-
-    if result.labels.size <= MAX_LABELS_PIXELS:
-        paths.append(
-            write_labels(
-                out / "labels.tif", result.labels, result.seg_mpp, result.region
-            )
-        )
-    return paths
-
-
 def read_points_csv(path: str | Path):
     """Points ``(n, 2)`` and the other columns of a CSV with ``x``, ``y`` columns."""
     import pandas as pd
@@ -209,51 +183,6 @@ def check_out_folder(out: Path) -> None:
         raise ValueError(
             f"--out '{out}' is an existing file; give a folder for the results"
         )
-
-
-def _run_analysis(input_path, out: Path, args) -> int:
-    from .checkpoint import load_encoder
-    from .pipeline import analyze
-    from .slide import open_slide, require_mpp
-
-    start = time.perf_counter()
-    check_out_folder(out)
-    with open_slide(input_path, mpp=getattr(args, "mpp", None)) as slide:
-        require_mpp(slide)  # before the slower model loading
-        encoder = load_encoder(args.model, args.device)
-        with StageBars() as bars:
-            result = analyze(
-                slide,
-                args.region,
-                encoder=encoder,
-                n_clusters=args.clusters,
-                segmenter=args.segmenter,
-                batch_size=args.batch_size,
-                progress=bars,
-            )
-    write_outputs(result, out)
-
-    n = result.adata.n_obs
-    k = len(result.adata.obs["cluster"].cat.categories)
-    seconds = time.perf_counter() - start
-    print(f"{n:,} nuclei, {k} clusters, {seconds:.1f} s -> {out}/")
-    if n == 0:
-        print(
-            "lemon: no nuclei found: the region may hold no tissue, or --mpp may "
-            "be wrong",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    return _run_analysis(args.input, Path(args.out), args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .sample_data import fetch_sample
-
-    return _run_analysis(fetch_sample(args.data_dir), Path(args.out), args)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -314,7 +243,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
-        "--batch-size", type=positive_int, default=256, help="crops per forward pass"
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "int8", "fp16"],
+        help="arithmetic of the encoder (default auto: fp16 on a GPU, the fastest "
+        "precision that keeps accuracy on a CPU)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="crops per forward pass (default: chosen for the device)",
     )
 
 
@@ -337,6 +276,33 @@ def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
         "--clusters", type=positive_int, default=8, help="k-means clusters (default 8)"
     )
     _add_region_option(parser)
+    parser.add_argument(
+        "--tile-um",
+        type=positive_float,
+        default=512.0,
+        help="side of the tiles a slide is processed in, in microns (default 512)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start results stores afresh instead of resuming them",
+    )
+
+
+def _add_cohort_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a dask.distributed scheduler to run the slides on (default: a local "
+        "cluster when there are several slides); workers must see the same paths",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="local worker processes for several slides (default: by cores and memory)",
+    )
 
 
 def _add_region_option(parser: argparse.ArgumentParser) -> None:
@@ -360,17 +326,30 @@ def _add_mpp_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lemon`` argument parser with its subcommands."""
+    from . import analyze_command
+
     parser = argparse.ArgumentParser(
         prog="lemon", description="Find, embed and cluster nuclei in H&E slides."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    analyze = sub.add_parser("analyze", help="segment, embed and cluster nuclei")
-    analyze.add_argument("input", help="slide or image file")
+    analyze = sub.add_parser(
+        "analyze", help="segment, embed and cluster the nuclei of slides"
+    )
+    analyze.add_argument(
+        "input", nargs="+", help="slide or image files, or folders of them"
+    )
     analyze.add_argument("--out", required=True, help="output folder")
     _add_mpp_option(analyze)
+    analyze.add_argument(
+        "--estimate-mpp",
+        action="store_true",
+        help="for slides that record no pixel size, estimate it from nucleus size "
+        "(with a warning)",
+    )
     _add_analysis_options(analyze)
-    analyze.set_defaults(func=cmd_analyze)
+    _add_cohort_options(analyze)
+    analyze.set_defaults(func=analyze_command.cmd_analyze)
 
     segment = sub.add_parser("segment", help="write nucleus instance labels")
     segment.add_argument("input", help="slide or image file")
@@ -392,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=None, help="folder holding the sample")
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, help="output folder")
     _add_analysis_options(demo)
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=analyze_command.cmd_demo)
     return parser
 
 
@@ -408,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         except (*USER_ERRORS, BackendError) as err:
             print(f"lemon: error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            return 130
 
 
 if __name__ == "__main__":

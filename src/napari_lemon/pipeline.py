@@ -276,14 +276,17 @@ def crop_steps(
 
 
 def embed_steps(
-    encoder: Encoder, crops: np.ndarray, batch_size: int = 256
+    encoder: Encoder, crops: np.ndarray, batch_size: int | None = None
 ) -> Generator[Progress, None, np.ndarray]:
     """Embeddings of crops, yielding after every batch.
+
+    ``batch_size`` None takes the encoder's default for its device.
 
     Returns
     -------
     ndarray of shape (n, embed_dim), float32
     """
+    batch_size = encoder.default_batch_size() if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     n = len(crops)

@@ -50,7 +50,7 @@ def embed_points(
     model: str = "bundled",
     device: str = "auto",
     extra_obs: pd.DataFrame | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> AnnData:
     """Embeddings of nuclei at given positions (no segmentation).
@@ -65,8 +65,8 @@ def embed_points(
         As in :func:`analysis_steps`.
     extra_obs : DataFrame, optional
         ``n`` rows of further columns for ``obs`` (cell types, ids, ...).
-    batch_size : int
-        Crops per forward pass.
+    batch_size : int, optional
+        Crops per forward pass; default the encoder's choice for its device.
     progress : callable, optional
         ``progress(stage, done, total)`` for the ``crop`` and ``embed`` steps.
 
