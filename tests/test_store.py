@@ -202,3 +202,25 @@ def test_outlines_of_refuses_foreign_anndata():
 
     with pytest.raises(ValueError, match="no uns\\['outlines'\\]"):
         outlines_of(anndata.AnnData(obs=pd.DataFrame(index=["a"])))
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data")
+def test_read_results_reads_results_written_to_zarr_by_anndata(results, tmp_path):
+    adata, obs, outlines = results
+    set_clusters(adata, np.array([0, 2, 1, 2, 0]))
+    adata.write_zarr(tmp_path / "nuclei.zarr")
+    back = read_results(tmp_path / "nuclei.zarr")
+    assert back.obs["cluster"].to_numpy(dtype=int).tolist() == [0, 2, 1, 2, 0]
+    np.testing.assert_array_equal(back.obsm["X_lemon"], adata.obsm["X_lemon"])
+    assert len(outlines_of(back)) == 5
+
+
+def test_read_results_names_an_unfinished_zarr_store(tmp_path):
+    from napari_lemon.incremental_store import IncrementalStore
+
+    path = tmp_path / "nuclei.zarr"
+    IncrementalStore.open(
+        path, run_key={}, provenance={}, embed_dim=4, total_tiles=3
+    ).close()
+    with pytest.raises(store.StoreError, match=r"incomplete \(0 of 3 tiles done\)"):
+        read_results(path)

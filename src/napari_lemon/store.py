@@ -1,5 +1,8 @@
 """The results of an analysis as one AnnData object, and its .h5ad file.
 
+Whole slides are written tile by tile to a ``.zarr`` store of the same layout by
+:mod:`napari_lemon.incremental_store`; :func:`read_results` reads both.
+
 Layout (the results contract of ARCHITECTURE.md):
 
 - ``obs``: one row per nucleus: ``nucleus_id``, ``x``, ``y`` (level-0 px, float),
