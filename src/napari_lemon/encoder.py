@@ -215,13 +215,15 @@ class Encoder:
         device: str = "auto",
         precision: str = "auto",
     ):
-        from .precision import quantize_int8, resolve_precision
+        from .precision import inference_network, resolve_precision
 
         self.card = card
         self.device = select_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
-        self._network = quantize_int8(self.model) if self.precision == "int8" else None
+        self._network, self._input_dtype = inference_network(
+            self.model, self.precision, self.device
+        )
         self._max_batch: int | None = None  # lowered after a CUDA out-of-memory
         self._bytes_per_crop: float | None = None
 
@@ -278,10 +280,9 @@ class Encoder:
         """One forward pass: uint8 (n, h, w, 3) -> float32 (n, embed_dim)."""
         from .precision import autocast
 
-        x = self.preprocess(crops)
-        network = self._network or self.model
+        x = self.preprocess(crops).to(self._input_dtype)
         with autocast(self.precision, self.device):
-            y = network(x)
+            y = self._network(x)
         return y.float().cpu().numpy()
 
     def embed(
