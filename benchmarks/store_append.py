@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from machine import describe
 
-from napari_lemon import incremental_store
+from napari_lemon import incremental_store, store_layout
 from napari_lemon.incremental_store import IncrementalStore
 
 
@@ -114,9 +114,9 @@ def main() -> None:
         report = {
             "parameters": vars(args) | {"out": str(args.out)},
             "chunks": {
-                "rows": incremental_store.ROW_CHUNK,
-                "embeddings": incremental_store.EMBEDDING_CHUNK,
-                "vertices": incremental_store.VERTEX_CHUNK,
+                "rows": store_layout.ROW_CHUNK,
+                "embeddings": store_layout.EMBEDDING_CHUNK,
+                "vertices": store_layout.VERTEX_CHUNK,
             },
             "machine": describe(),
             "load_average_1min": os.getloadavg()[0],

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_lemon import incremental_store
+from napari_lemon import incremental_store, store_layout
 from napari_lemon.incremental_store import IncrementalStore, StoreError, read_record
 from napari_lemon.store import (
     build_results,
@@ -87,9 +87,9 @@ def assert_same_rows(got, expected):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Tiny chunks and a flush after every tile, so tests cross chunk borders."""
-    monkeypatch.setattr(incremental_store, "ROW_CHUNK", 4)
-    monkeypatch.setattr(incremental_store, "EMBEDDING_CHUNK", 2)
-    monkeypatch.setattr(incremental_store, "VERTEX_CHUNK", 8)
+    monkeypatch.setattr(store_layout, "ROW_CHUNK", 4)
+    monkeypatch.setattr(store_layout, "EMBEDDING_CHUNK", 2)
+    monkeypatch.setattr(store_layout, "VERTEX_CHUNK", 8)
     monkeypatch.setattr(incremental_store, "FLUSH_ROWS", 1)
 
 
@@ -223,7 +223,7 @@ def _crash_at(monkeypatch, step: int):
     monkeypatch.setattr(zarr.Array, "resize", counting(zarr.Array.resize))
     monkeypatch.setattr(zarr.Array, "__setitem__", counting(zarr.Array.__setitem__))
     monkeypatch.setattr(
-        incremental_store, "_write_record", counting(incremental_store._write_record)
+        store_layout, "write_record", counting(store_layout.write_record)
     )
     return Crash, calls
 
@@ -323,10 +323,10 @@ def test_crash_during_finish_resumes_and_finishes(tmp_path, monkeypatch):
 KILLED_WRITER = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from napari_lemon import incremental_store
+from napari_lemon import incremental_store, store_layout
 from test_incremental_store import open_store, make_tile, SIZES
 incremental_store.FLUSH_ROWS = 1
-incremental_store.ROW_CHUNK, incremental_store.EMBEDDING_CHUNK = 4, 2
+store_layout.ROW_CHUNK, store_layout.EMBEDDING_CHUNK = 4, 2
 store = open_store({path!r})
 for t in range(200):
     store.append_tile(t, *make_tile(t, SIZES[t % len(SIZES)]))
@@ -516,7 +516,7 @@ def test_disk_full_keeps_the_last_commit(tmp_path, small_chunks, monkeypatch, wh
     if where == "data":
         monkeypatch.setattr(zarr.Array, "__setitem__", full)
     else:
-        monkeypatch.setattr(incremental_store, "_write_record", full)
+        monkeypatch.setattr(store_layout, "write_record", full)
     with pytest.raises(StoreError, match="nuclei.zarr .*the disk is full.*free space"):
         store.append_tile(2, *parts[2])
     monkeypatch.undo()
@@ -718,3 +718,11 @@ def test_a_store_with_fewer_rows_than_committed_is_damaged(tmp_path):
     ):
         open_store(path)
     assert not lock_path_of(path).exists()
+
+
+def test_more_than_127_segmenter_names_are_refused(tmp_path):
+    obs, embeddings, outlines = make_tile(0, 128)
+    obs["segmenter"] = [f"s{i}" for i in range(128)]
+    with open_store(tmp_path / "nuclei.zarr") as store:
+        with pytest.raises(ValueError, match="more than 127 segmenter names"):
+            store.append_tile(0, obs, embeddings, outlines)

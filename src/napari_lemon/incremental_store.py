@@ -1,39 +1,21 @@
 """A results store on zarr, written tile by tile and resumable after a crash.
 
-The store is a ``<name>.zarr`` folder in AnnData's on-disk zarr layout, so
-``anndata.read_zarr`` (and :func:`napari_lemon.store.read_results`) returns the
-layout of :func:`napari_lemon.store.build_results`. A new store takes the zarr
-format anndata writes by default (``anndata.settings.zarr_write_format``: 2 in
-anndata 0.12, which reads 2 and 3); an existing store keeps its own. Layout::
-
-    nuclei.zarr/               attrs["napari-lemon"]: the commit record (run key,
-                               provenance, tiles done, rows, vertices)
-      obs/                     nucleus_id, x, y, area_um2, tile_id: appended,
-                               chunks of 65536 rows
-        segmenter/codes        int8, appended; segmenter/categories at finish
-        _index, cluster        written at finish
-      obsm/X_lemon             (n, dim) float16 (or float32), appended, chunks of
-                               8192 rows (6 MB at 384-d float16)
-      obsm/spatial             (n, 2) float64, appended, 65536 rows
-      uns/outlines/offsets     (n + 1,) int64, appended, 65536 rows
-      uns/outlines/xy          (vertices, 2) float32, appended, 524288 vertices
-      uns/lemon                provenance, written at finish
-      var/ layers/ obsp/ varm/ varp/ raw   empty, as anndata writes them
-    nuclei.zarr.lock           held by the writing process
+The store is a ``<name>.zarr`` folder that ``anndata.read_zarr`` (and
+:func:`napari_lemon.store.read_results`) reads as the layout of
+:func:`napari_lemon.store.build_results`; :mod:`napari_lemon.store_layout`
+describes it on disk. ``<name>.zarr.lock`` beside it is held by the writer.
 
 Commit: appended rows are buffered in memory and written in large slices; then
 the commit record is replaced atomically (zarr writes the attribute file under a
-temporary name and renames it).
-Only the counts in that record are trusted: opening a store cuts every array
-back to them, so a process killed at any instant leaves a store that resumes
-at its last commit. zarr's local store replaces each chunk file atomically, so
-rewriting a partly filled chunk never tears committed rows.
+temporary name and renames it). Only the counts in that record are trusted:
+opening a store cuts every array back to them, so a process killed at any
+instant leaves a store that resumes at its last commit. zarr's local store
+replaces each chunk file atomically, so rewriting a partly filled chunk never
+tears committed rows.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
 import shutil
@@ -45,178 +27,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import store_layout as layout
 from .store import (
     EMBEDDING_KEY,
     OBS_COLUMNS,
     OUTLINES_KEY,
-    PROVENANCE_KEY,
     SPATIAL_KEY,
     StoreError,
     _check_obs,
-    _storable,
-    build_results,
-    empty_obs,
     now_iso,
     pack_outlines,
 )
+from .store_layout import check_complete, read_record
 from .store_lock import StoreLock
 
-__all__ = ["IncrementalStore", "StoreError", "read_record", "check_complete"]
+__all__ = ["IncrementalStore", "StoreError", "check_complete", "read_record"]
 
 logger = logging.getLogger(__name__)
-
-# the commit record lives in the root group's attributes under this key
-COMMIT_KEY = "napari-lemon"
-STORE_FORMAT = 1
-EMBEDDING_DTYPES = ("float16", "float32")
-
-# chunk lengths (rows, or vertices for xy): a few MB each, 6 MB of float16
-# embeddings at 384-d (benchmarks/store_append.py)
-ROW_CHUNK = 65536
-EMBEDDING_CHUNK = 8192
-VERTEX_CHUNK = 524288
 
 # buffered rows are written once this many wait, or this long after the last
 # write; 16384 rows of 384-d float16 with outlines buffer about 16 MB
 FLUSH_ROWS = 16384
 FLUSH_SECONDS = 5.0
-
-# written only by finish; removed when an unfinished store is resumed
-FINISH_ONLY = ("obs/_index", "obs/cluster", f"uns/{PROVENANCE_KEY}")
-
-
-def _appended_arrays(embed_dim: int, dtype: str) -> dict[str, tuple]:
-    """Name -> (dtype, trailing shape, chunk length, counted by) of appended arrays."""
-    return {
-        "obs/nucleus_id": ("int64", (), ROW_CHUNK, "rows"),
-        "obs/x": ("float64", (), ROW_CHUNK, "rows"),
-        "obs/y": ("float64", (), ROW_CHUNK, "rows"),
-        "obs/area_um2": ("float64", (), ROW_CHUNK, "rows"),
-        "obs/tile_id": ("int64", (), ROW_CHUNK, "rows"),
-        "obs/segmenter/codes": ("int8", (), ROW_CHUNK, "rows"),
-        f"obsm/{EMBEDDING_KEY}": (dtype, (embed_dim,), EMBEDDING_CHUNK, "rows"),
-        f"obsm/{SPATIAL_KEY}": ("float64", (2,), ROW_CHUNK, "rows"),
-        f"uns/{OUTLINES_KEY}/offsets": ("int64", (), ROW_CHUNK, "offsets"),
-        f"uns/{OUTLINES_KEY}/xy": ("float32", (2,), VERTEX_CHUNK, "vertices"),
-    }
-
-
-def _length(counted_by: str, n_rows: int, n_vertices: int) -> int:
-    """Committed length of an array counted by rows, offsets or vertices."""
-    return {"rows": n_rows, "offsets": n_rows + 1, "vertices": n_vertices}[counted_by]
-
-
-def _jsonable(value: Any, name: str) -> Any:
-    """``value`` as it reads back from JSON; refuses what JSON cannot hold."""
-    try:
-        return json.loads(json.dumps(_storable(value), allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{name} must hold only numbers, strings, lists and dicts (it is "
-            f"kept in the store's commit record): {err}"
-        ) from err
-
-
-def read_record(path: str | Path) -> dict[str, Any] | None:
-    """The commit record of the store at ``path``, or None when it has none."""
-    import zarr
-
-    try:
-        attrs = zarr.open_group(path, mode="r").attrs.asdict()
-    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
-        return None
-    if COMMIT_KEY not in attrs:
-        return None
-    record = attrs[COMMIT_KEY]
-    if not isinstance(record, dict) or record.get("format") != STORE_FORMAT:
-        raise StoreError(
-            f"{path} holds a napari-lemon commit record of another format "
-            f"({str(record)[:60]!r}; this version reads format {STORE_FORMAT}); "
-            "use another --out, or --overwrite (overwrite=True) to start over"
-        )
-    return record
-
-
-def check_complete(path: str | Path) -> dict[str, Any] | None:
-    """Raise when ``path`` is an unfinished store; its record (or None) otherwise."""
-    record = read_record(path)
-    if record is not None and not record["complete"]:
-        total = record.get("total_tiles")
-        done = len(record["tiles_done"])
-        counts = f"{done} of {total} tiles done" if total else f"{done} tiles done"
-        raise StoreError(
-            f"{path} is incomplete ({counts}); run the same command again to finish it"
-        )
-    return record
-
-
-# NOTE: nothing is fsynced: a killed process loses nothing committed (the page
-# cache survives it), a power cut may. Atomic chunk files are a property of
-# zarr's local store; a remote (fsspec) store would need its own care.
-
-
-def _write_record(root, record: dict[str, Any]) -> None:
-    """Replace the commit record in the root group's attributes.
-
-    zarr's local store writes the attribute file under a temporary name and
-    renames it into place, so the record is always the old or the new one.
-    """
-    root.attrs[COMMIT_KEY] = record
-
-
-def _put_rows(array, start: int, rows: np.ndarray) -> None:
-    """Grow ``array`` to ``start + len(rows)`` and write ``rows`` from ``start``."""
-    stop = start + len(rows)
-    array.resize((stop, *array.shape[1:]))
-    if len(rows):
-        array[start:stop] = rows
-
-
-def _disk_error(path: Path, err: OSError, doing: str) -> StoreError:
-    """A StoreError for an OSError raised while ``doing`` something to ``path``."""
-    if err.errno == errno.ENOSPC:
-        cause = "the disk is full"
-        fix = "free space on that disk and run the same command again"
-    else:
-        cause = f"{type(err).__name__}: {err}"
-        fix = "fix the cause and run the same command again"
-    return StoreError(
-        f"could not write {path} while {doing}: {cause}. The store is kept at its "
-        f"last commit; {fix} to resume from there"
-    )
-
-
-def _create(path: Path, record: dict[str, Any], zarr_format: int) -> None:
-    """Make an empty store at ``path``: built beside it, then renamed into place."""
-    import zarr
-    from anndata.experimental import write_dispatched
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dim, dtype = record["embed_dim"], record["embedding_dtype"]
-    spec = _appended_arrays(dim, dtype)
-
-    # an empty result of build_results, in the stored dtypes
-    empty = build_results(empty_obs(), np.empty((0, dim)), [], {})
-    del empty.uns[PROVENANCE_KEY]
-    empty.obs["segmenter"] = pd.Categorical([], categories=np.array([], dtype=str))
-    empty.obsm[EMBEDDING_KEY] = np.empty((0, dim), dtype)
-
-    # written by anndata's own writers, with chunks that suit appending
-    def chunked(write, group, key, elem, *, dataset_kwargs, iospec):
-        name = f"{group.path}/{key}".strip("/")
-        if name in spec:
-            dataset_kwargs = {
-                **dataset_kwargs,
-                "chunks": (spec[name][2], *elem.shape[1:]),
-            }
-        write(group, key, elem, dataset_kwargs=dataset_kwargs)
-
-    root = zarr.open_group(tmp, mode="w", zarr_format=zarr_format)
-    write_dispatched(root, "/", empty, callback=chunked)
-    del root["obs/_index"]
-    _write_record(root, record)
-    os.replace(tmp, path)
 
 
 class IncrementalStore:
@@ -237,7 +69,9 @@ class IncrementalStore:
         self._lock = lock
         self._record = record
         self._root = zarr.open_group(path, mode="r+")
-        self._spec = _appended_arrays(record["embed_dim"], record["embedding_dtype"])
+        self._spec = layout.appended_arrays(
+            record["embed_dim"], record["embedding_dtype"]
+        )
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_tiles: list[int] = []
         self._pending_rows = 0
@@ -290,28 +124,28 @@ class IncrementalStore:
         path = Path(path)
         if path.suffix != ".zarr":
             raise StoreError(f"path={str(path)!r} must be a folder ending in .zarr")
-        if embedding_dtype not in EMBEDDING_DTYPES:
+        if embedding_dtype not in layout.EMBEDDING_DTYPES:
             raise StoreError(
                 f"embedding_dtype={embedding_dtype!r} for {path}; choose one of "
-                f"{list(EMBEDDING_DTYPES)}"
+                f"{list(layout.EMBEDDING_DTYPES)}"
             )
         if int(embed_dim) != embed_dim or embed_dim < 1:
             raise StoreError(f"embed_dim={embed_dim!r} for {path} must be >= 1")
-        run_key = _jsonable(run_key, "run_key")
-        provenance = _jsonable(provenance, "provenance")
+        run_key = layout.jsonable(run_key, "run_key")
+        provenance = layout.jsonable(provenance, "provenance")
 
         lock = StoreLock.acquire(path)
         try:
             record = cls._existing(path, run_key, embed_dim, embedding_dtype, overwrite)
             if record is None:
-                record = cls._new_record(
+                record = layout.new_record(
                     run_key, provenance, embed_dim, embedding_dtype
                 )
-                _create(path, record, _zarr_format())
+                layout.create_store(path, record)
             else:
                 record["provenance"] = provenance
             store = cls(path, lock, record)
-            store._resume()
+            layout.cut_back(store._root, path, record)
             if total_tiles is not None:
                 store.set_total_tiles(total_tiles)
         except BaseException:
@@ -356,50 +190,6 @@ class IncrementalStore:
                 "another --out, or --overwrite (overwrite=True) to replace it"
             )
         return record
-
-    @staticmethod
-    def _new_record(run_key, provenance, embed_dim, embedding_dtype) -> dict:
-        """The commit record of an empty store."""
-        return {
-            "format": STORE_FORMAT,
-            "run_key": run_key,
-            "provenance": provenance,
-            "embed_dim": int(embed_dim),
-            "embedding_dtype": embedding_dtype,
-            "created": now_iso(),
-            "updated": now_iso(),
-            "tiles_done": [],
-            "total_tiles": None,
-            "n_rows": 0,
-            "n_vertices": 0,
-            "segmenters": [],
-            "complete": False,
-        }
-
-    def _resume(self) -> None:
-        """Cut arrays back to the committed counts; drop pieces of a broken finish."""
-        if self._record["complete"]:
-            return
-        n_rows, n_vertices = self._record["n_rows"], self._record["n_vertices"]
-        for name, (_, _, _, counted_by) in self._spec.items():
-            array = self._root[name]
-            length = _length(counted_by, n_rows, n_vertices)
-            if array.shape[0] < length:
-                raise StoreError(
-                    f"{self.path}: {name} holds {array.shape[0]} rows but the commit "
-                    f"record counts {length}; the store is damaged. Run the command "
-                    "again with --overwrite (overwrite=True) to start over"
-                )
-            if array.shape[0] > length:
-                logger.info(
-                    "resume: %s cut from %d to %d", name, array.shape[0], length
-                )
-                array.resize((length, *array.shape[1:]))
-        for name in FINISH_ONLY:
-            if name in self._root:
-                del self._root[name]
-        for partial in self.path.rglob("*.partial"):
-            partial.unlink(missing_ok=True)
 
     # state
 
@@ -544,7 +334,11 @@ class IncrementalStore:
         names = self._record["segmenters"]
         if name not in names:
             if len(names) >= 127:
-                raise ValueError("more than 127 segmenter names in one store")
+                raise ValueError(
+                    f"{self.path} holds 127 segmenter names already and {name!r} "
+                    "would be one more than 127 segmenter names; give each "
+                    "segmenter its own --out"
+                )
             names.append(name)
         return names.index(name)
 
@@ -560,12 +354,12 @@ class IncrementalStore:
             for name, (_, _, _, counted_by) in self._spec.items():
                 parts = [p[name] for p in self._pending]
                 rows = np.concatenate(parts) if parts else None
-                start = _length(counted_by, n_rows, n_vertices)
+                start = layout.length_of(counted_by, n_rows, n_vertices)
                 if rows is not None:
-                    _put_rows(self._root[name], start, rows)
+                    layout.put_rows(self._root[name], start, rows)
             self._commit(self._record["tiles_done"] + self._pending_tiles)
         except OSError as err:
-            raise _disk_error(self.path, err, "appending tiles") from err
+            raise layout.disk_error(self.path, err, "appending tiles") from err
         self._pending, self._pending_tiles, self._pending_rows = [], [], 0
         self._last_flush, self._dirty = time.monotonic(), False
 
@@ -580,7 +374,7 @@ class IncrementalStore:
             "complete": complete,
             "updated": now_iso(),
         }
-        _write_record(self._root, record)
+        layout.write_record(self._root, record)
         self._record = record
 
     # reading
@@ -620,12 +414,14 @@ class IncrementalStore:
         self._check_writable()
         self.flush()
         clusters = self._clusters_of(clusters)
-        provenance_update = _jsonable(provenance_update, "provenance_update")
+        provenance_update = layout.jsonable(provenance_update, "provenance_update")
         try:
-            self._write_finish_pieces(clusters, provenance_update)
+            layout.write_finish_pieces(
+                self._root, self._record, clusters, provenance_update
+            )
             self._commit(self._record["tiles_done"], complete=True)
         except OSError as err:
-            raise _disk_error(self.path, err, "finishing") from err
+            raise layout.disk_error(self.path, err, "finishing") from err
         self.close()
         return self.path
 
@@ -643,46 +439,6 @@ class IncrementalStore:
         clusters = clusters.astype(np.int64)
         n_clusters = int(clusters.max()) + 1 if n else 0
         return pd.Categorical(clusters, categories=range(n_clusters))
-
-    def _write_finish_pieces(self, clusters, provenance_update) -> None:
-        """Index (in slices), segmenter names, clusters, column order, uns."""
-        from anndata.io import write_elem
-
-        # index: the nucleus ids as strings, a slice at a time
-        ids, n = self._root["obs/nucleus_id"], self._record["n_rows"]
-        first = np.asarray(ids[:ROW_CHUNK]).astype(str)
-        write_elem(
-            self._root, "obs/_index", first, dataset_kwargs={"chunks": (ROW_CHUNK,)}
-        )
-        index = self._root["obs/_index"]
-        for start in range(ROW_CHUNK, n, ROW_CHUNK):
-            _put_rows(
-                index, start, np.asarray(ids[start : start + ROW_CHUNK]).astype(str)
-            )
-
-        # categoricals and the order of columns
-        del self._root["obs/segmenter/categories"]
-        names = np.asarray(self._record["segmenters"], dtype=str)
-        write_elem(self._root, "obs/segmenter/categories", names)
-        columns = list(OBS_COLUMNS)
-        if clusters is not None:
-            write_elem(self._root, "obs/cluster", clusters)
-            columns.append("cluster")
-        self._root["obs"].attrs["column-order"] = columns
-
-        # provenance
-        record = self._record
-        provenance = {
-            "created": record["created"],
-            **record["provenance"],
-            **provenance_update,
-            "updated": now_iso(),
-            "run_key": record["run_key"],
-            "tiles_done": np.asarray(sorted(record["tiles_done"]), dtype=np.int64),
-            "tiles_total": record["total_tiles"],
-            "complete": True,
-        }
-        write_elem(self._root, f"uns/{PROVENANCE_KEY}", provenance)
 
     # closing
 
@@ -711,10 +467,3 @@ class IncrementalStore:
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"{len(self.tiles_done)} tiles"
         return f"IncrementalStore({str(self.path)!r}, {self.n_nuclei} nuclei, {state})"
-
-
-def _zarr_format() -> int:
-    """The zarr format anndata writes by default (2 in anndata 0.12)."""
-    import anndata
-
-    return int(anndata.settings.zarr_write_format)

@@ -338,7 +338,7 @@ def _read_zarr(path: Path) -> AnnData:
     """A ``.zarr`` folder as AnnData; StoreError when it is an unfinished store."""
     import anndata
 
-    from .incremental_store import check_complete
+    from .store_layout import check_complete
 
     check_complete(path)
     try:
