@@ -21,13 +21,8 @@ anndata 0.12, which reads 2 and 3); an existing store keeps its own. Layout::
       var/ layers/ obsp/ varm/ varp/ raw   empty, as anndata writes them
     nuclei.zarr.lock           held by the writing process
 
-Commit: appended rows are buffered in memory and written in large slices; then
-the commit record is replaced atomically (zarr writes the attribute file under a
-temporary name and renames it).
-Only the counts in that record are trusted: opening a store cuts every array
-back to them, so a process killed at any instant leaves a store that resumes
-at its last commit. zarr's local store replaces each chunk file atomically, so
-rewriting a partly filled chunk never tears committed rows.
+The arrays marked "appended" grow tile by tile; the commit record alone says how
+many of their rows count (see :mod:`napari_lemon.incremental_store`).
 """
 
 from __future__ import annotations
