@@ -78,8 +78,8 @@ def write_pyramid(path, image, mpp=MPP, levels=4):
 
 @pytest.fixture(scope="module")
 def slide_case(tmp_path_factory):
-    """A 5x4-tile slide whose right 2 tile columns are glass: 16 tiles over tissue."""
-    image, centres = make_slide(5 * TILE_PX, 4 * TILE_PX, tissue_width=3 * TILE_PX)
+    """A 4x3-tile slide whose right half is glass: 9 tiles touch tissue."""
+    image, centres = make_slide(4 * TILE_PX, 3 * TILE_PX, tissue_width=2 * TILE_PX)
     path = write_pyramid(tmp_path_factory.mktemp("slides") / "synthetic.tif", image)
     return path, centres
 
@@ -102,7 +102,7 @@ def shallow_encoder_path(tmp_path_factory):
 def encoder(shallow_encoder_path):
     from napari_lemon.checkpoint import load_encoder
 
-    return load_encoder(shallow_encoder_path, device="cpu")
+    return load_encoder(shallow_encoder_path, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_run_finds_every_nucleus_once_at_its_level0_place(slide_case, uninterrup
     _, centres = slide_case
     run, adata, _ = uninterrupted
     assert isinstance(run, SlideRun)
-    assert run.n_tiles == 16 and run.tiles_skipped == 0
+    assert run.n_tiles == 9 and run.tiles_skipped == 0
     assert run.n_nuclei == adata.n_obs == len(centres)
     xy = adata.obs[["x", "y"]].to_numpy()
     distance, nearest = cKDTree(centres).query(xy)
@@ -145,7 +145,7 @@ def test_ids_and_tiles_are_those_of_the_owning_core(uninterrupted):
     ids, tiles = obs["nucleus_id"].to_numpy(), obs["tile_id"].to_numpy()
     np.testing.assert_array_equal(ids // ID_STRIDE, tiles)
     assert len(np.unique(ids)) == len(ids)
-    n_cols = 5  # grid of the whole slide, glass columns included
+    n_cols = 4  # grid of the whole slide, glass columns included
     for tile_id in np.unique(tiles):
         row, col = divmod(int(tile_id), n_cols)
         core = (col * TILE_PX, row * TILE_PX, TILE_PX, TILE_PX)
@@ -153,7 +153,7 @@ def test_ids_and_tiles_are_those_of_the_owning_core(uninterrupted):
         assert owned_by(core, xy).all()
         local = np.sort(ids[tiles == tile_id] % ID_STRIDE)
         np.testing.assert_array_equal(local, np.arange(len(local)))
-    assert tiles.max() // n_cols == 3 and (tiles % n_cols).max() <= 3
+    assert tiles.max() // n_cols == 2 and (tiles % n_cols).max() <= 2
 
 
 def test_results_hold_embeddings_clusters_outlines_and_provenance(uninterrupted):
@@ -166,7 +166,7 @@ def test_results_hold_embeddings_clusters_outlines_and_provenance(uninterrupted)
     lemon = adata.uns["lemon"]
     assert lemon["segmenter"]["name"] == "classical"
     assert "min_area_um2" in lemon["segmenter"]["params"]
-    assert lemon["tiling"]["tile_px"] == TILE_PX and lemon["tiling"]["n_tiles"] == 16
+    assert lemon["tiling"]["tile_px"] == TILE_PX and lemon["tiling"]["n_tiles"] == 9
     assert lemon["seg_mpp"] == pytest.approx(0.5)
     assert lemon["clustering"]["method"] == "kmeans_stream"
     assert lemon["encoder"]["name"] == "random-shallow"
@@ -178,18 +178,19 @@ def test_progress_reports_tissue_each_tile_and_clusters(uninterrupted):
     _, _, events = uninterrupted
     assert events[:2] == [("tissue", 0, 1), ("tissue", 1, 1)]
     tiles = [e for e in events if e[0] == "tiles"]
-    assert tiles == [("tiles", done, 16) for done in range(17)]
+    assert tiles == [("tiles", done, 9) for done in range(10)]
     assert events[-2:] == [("cluster", 0, 1), ("cluster", 1, 1)]
 
 
+@pytest.mark.slow
 def test_same_nuclei_and_embeddings_as_the_single_pass(
     slide_case, random_encoder_path, tmp_path
 ):
     from napari_lemon.checkpoint import load_encoder
 
     path, _ = slide_case
-    encoder = load_encoder(random_encoder_path, device="cpu")  # all 12 blocks
-    region = (0, 0, 768, 512)
+    encoder = load_encoder(random_encoder_path, "cpu", precision="fp32")  # 12 blocks
+    region = (0, 0, 512, 512)
     with open_slide(path) as slide:
         single = analyze(
             slide, region, encoder=encoder, segmenter="classical", n_clusters=3
@@ -208,6 +209,7 @@ def test_same_nuclei_and_embeddings_as_the_single_pass(
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_cancel_then_resume_gives_the_uninterrupted_result(
     slide_case, encoder, uninterrupted, tmp_path
 ):
@@ -216,13 +218,13 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(
     with open_slide(path) as slide:
         steps = slide_steps(slide, out, encoder, **OPTIONS)
         for stage, done, _ in steps:
-            if stage == "tiles" and done == 5:
+            if stage == "tiles" and done == 3:
                 break
         steps.close()
         with pytest.raises(StoreError, match="incomplete"):
             read_results(out)
         run = analyze_slide(slide, out, encoder, **OPTIONS)
-    assert run.tiles_skipped == 5 and run.n_tiles == 16
+    assert run.tiles_skipped == 3 and run.n_tiles == 9
     expected_table, expected_emb = nucleus_table(uninterrupted[1])
     table, emb = nucleus_table(read_results(out))
     np.testing.assert_array_equal(table, expected_table)
@@ -249,6 +251,7 @@ def test_other_parameters_on_an_old_store_are_refused(slide_case, encoder, tmp_p
             analyze_slide(slide, out, encoder, region=(0, 0, 512, 512), **changed)
 
 
+@pytest.mark.slow
 def test_a_failing_tile_leaves_the_store_incomplete_and_resumable(
     slide_case, encoder, uninterrupted, tmp_path, monkeypatch
 ):
@@ -293,7 +296,7 @@ def slow(*args):
     return analyse(*args)
 
 whole_slide._analyse_tile = slow
-encoder = load_encoder(sys.argv[3], device="cpu")
+encoder = load_encoder(sys.argv[3], device="cpu", precision="fp32")
 with open_slide(sys.argv[1]) as slide:
     whole_slide.analyze_slide(slide, sys.argv[2], encoder, **{options})
 """
@@ -327,7 +330,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
     finally:
         process.wait()
     record = read_record(out)
-    assert not record["complete"] and 2 <= len(record["tiles_done"]) < 16
+    assert not record["complete"] and 2 <= len(record["tiles_done"]) < 9
 
     with open_slide(path) as slide:
         run = analyze_slide(slide, out, encoder, **OPTIONS)
@@ -351,21 +354,23 @@ def test_region_keeps_the_nuclei_inside_it(
     slide_case, encoder, uninterrupted, tmp_path
 ):
     path, _ = slide_case
-    region = (200, 300, 400, 350)
+    region = (100, 200, 400, 350)
     with open_slide(path) as slide:
         run = analyze_slide(
             slide, tmp_path / "region.zarr", encoder, region=region, **OPTIONS
         )
     xy = read_results(run.path).obs[["x", "y"]].to_numpy()
     assert owned_by(region, xy).all()
-    # the nuclei well inside the region are those of the whole run
+    # the nuclei well inside the region are those of the whole run (tiles read
+    # other areas, so the adaptive threshold may move an outline by a pixel)
     full = uninterrupted[1].obs[["x", "y"]].to_numpy()
-    inner = full[owned_by((220, 320, 360, 310), full)]
+    inner = full[owned_by((120, 220, 360, 310), full)]
     distance, _ = cKDTree(xy).query(inner)
-    assert len(inner) > 20 and distance.max() < 1e-6
+    assert len(inner) > 20 and distance.max() < 1.0
     assert list(read_results(run.path).uns["lemon"]["region"]) == list(region)
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_tiles(tmp_path, encoder):
     peaks = {}
     for side in (2, 4):
@@ -418,6 +423,7 @@ def test_slide_without_mpp_asks_for_it(tmp_path, encoder):
         analyze_slide(slide, tmp_path / "nompp.zarr", encoder, **OPTIONS)
 
 
+@pytest.mark.slow
 def test_prefetch_and_in_turn_reads_give_the_same_result(slide_case, encoder, tmp_path):
     path, _ = slide_case
     tables = []
@@ -425,7 +431,7 @@ def test_prefetch_and_in_turn_reads_give_the_same_result(slide_case, encoder, tm
         out = tmp_path / f"prefetch{prefetch}.zarr"
         with open_slide(path) as slide:
             run = analyze_slide(
-                slide, out, encoder, region=(0, 0, 768, 512), prefetch=prefetch,
+                slide, out, encoder, region=(0, 0, 512, 512), prefetch=prefetch,
                 **OPTIONS,
             )  # fmt: skip
         tables.append(nucleus_table(read_results(run.path)))

@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,18 +185,17 @@ def slide_steps(
             return SlideRun(store.path, store.n_nuclei, len(tiles), skipped, seconds)
 
         # tile by tile into the store
-        reads = _prefetched if prefetch else _in_turn
+        reads = (_prefetched if prefetch else _in_turn)(slide, todo, seg_mpp)
         work = (slide, segment, segmenter, encoder, batch_size, seconds)
-        for done, (tile, image, read_s, wait_s) in enumerate(
-            reads(slide, todo, seg_mpp), start=skipped + 1
-        ):
-            seconds["read"] += read_s
-            seconds["read_wait"] += wait_s
-            obs, embeddings, outlines = _analyse_tile(tile, image, *work)
-            started = time.perf_counter()
-            store.append_tile(tile.tile_id, obs, embeddings, outlines)
-            seconds["write"] += time.perf_counter() - started
-            yield ("tiles", done, len(tiles))
+        with closing(reads):  # a cancel waits for the read under way, then closes
+            for done, (tile, image, read_s, wait_s) in enumerate(reads, skipped + 1):
+                seconds["read"] += read_s
+                seconds["read_wait"] += wait_s
+                obs, embeddings, outlines = _analyse_tile(tile, image, *work)
+                started = time.perf_counter()
+                store.append_tile(tile.tile_id, obs, embeddings, outlines)
+                seconds["write"] += time.perf_counter() - started
+                yield ("tiles", done, len(tiles))
 
         # clusters, then the finished store
         yield ("cluster", 0, 1)
@@ -418,7 +418,8 @@ def _clusters(store: Any, n_clusters: int, seed: int) -> np.ndarray:
 
     if store.n_nuclei == 0:
         return np.empty(0, dtype=np.int64)
-    return cluster_kmeans_stream(store.iter_embeddings, n_clusters, seed)
+    n = store.n_nuclei
+    return cluster_kmeans_stream(store.iter_embeddings, n_clusters, seed, n_obs=n)
 
 
 def _run_key(provenance: dict[str, Any]) -> dict[str, Any]:
