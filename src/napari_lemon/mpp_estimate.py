@@ -16,8 +16,8 @@ and 40x, and the classical segmenter adapts part of the way to the scale it is
 told. Measured on MoNuSeg and CMU-1 (``benchmarks/mpp_estimate.py``): see the
 table there; expect errors of tens of percent on a single tile.
 
-The reference median was measured with the same function at the true scale
-(``reference_area_um2`` of :func:`measure_area`, see the constant). The result
+The reference median was measured with :func:`measure_area` at the true scale
+(see :data:`REFERENCE_AREA_UM2`). The result
 is an estimate and says so with a warning; pass the true value when known.
 """
 
