@@ -48,7 +48,7 @@ PEAK_RSS = (
 
 def ensure_mosaic(fixtures: Path, side: int, data: Path, tissue: float) -> Path:
     """The mosaic of ``side`` px, generated when missing."""
-    path = fixtures / f"mosaic_{side}.tif"
+    path = fixtures / f"mosaic_{side}_s0.tif"
     if not path.is_file():
         argv = [sys.executable, str(REPO / "benchmarks" / "mosaic.py")]
         argv += ["--side", str(side), "--out", str(path), "--data", str(data)]
