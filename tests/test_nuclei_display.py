@@ -1,4 +1,4 @@
-"""Nuclei display: the centroid index, outline rasters, recolouring, view outlines.
+"""Nuclei display: the centroid index, dot and outline rasters, recolouring, the view.
 
 The index and raster tests are numpy only; the others need a display (pytest-xvfb
 starts one when Xvfb is installed) and are skipped without one.
@@ -16,6 +16,7 @@ import pytest
 from napari_lemon._widgets._view_index import (
     CentroidIndex,
     outline_segments,
+    rasterise_dots,
     rasterise_outlines,
 )
 
@@ -121,6 +122,37 @@ def test_raster_refuses_bad_steps_and_colours():
         rasterise_outlines(offsets, xy, [0], np.zeros((2, 4)), (0, 0), 1, (9, 9))
 
 
+def test_dots_are_discs_of_their_diameter_and_at_least_one_pixel():
+    xy = np.array([[10.0, 10.0], [30.0, 20.0], [40.5, 5.2]])
+    colours = np.array([[255, 0, 0, 255], [0, 0, 255, 128], [0, 255, 0, 255]])
+
+    picture = rasterise_dots(xy, [10.0, 2.0, 0.1], colours, (0, 0), 2.0, (20, 30))
+
+    red = np.argwhere(picture[..., 0] == 255)
+    assert len(red) == 21 and tuple(red.mean(axis=0)) == (5, 5)  # radius 2.5 px
+    assert tuple(picture[10, 15]) == (0, 0, 255, 128)  # radius 0.5: one pixel
+    assert (picture[..., 2] > 0).sum() == 1
+    assert tuple(picture[3, 20]) == (0, 255, 0, 255)  # tiny, still one pixel
+    assert (picture[..., 3] > 0).sum() == 23
+
+
+def test_small_dots_are_drawn_over_large_ones_and_off_picture_ones_dropped():
+    xy = np.array([[5.0, 5.0], [5.0, 5.0], [-50.0, 3.0]])
+    colours = np.array([[0, 9, 0, 255], [0, 0, 7, 255], [5, 5, 5, 255]])
+
+    picture = rasterise_dots(xy, [1.0, 8.0, 4.0], colours, (0, 0), 1.0, (10, 10))
+
+    assert tuple(picture[5, 5]) == (0, 9, 0, 255) and picture[5, 8, 2] == 7
+    assert not (picture[..., 0] == 5).any()
+
+
+def test_dots_refuse_bad_steps_and_lengths():
+    with pytest.raises(ValueError, match="step_px=-1"):
+        rasterise_dots(np.zeros((1, 2)), [1], np.zeros((1, 4)), (0, 0), -1, (4, 4))
+    with pytest.raises(ValueError, match="1 centroids, 2 diameters and 1 colours"):
+        rasterise_dots(np.zeros((1, 2)), [1, 2], np.zeros((1, 4)), (0, 0), 1, (4, 4))
+
+
 # ------------------------------------------------------------------ colours
 def test_column_colours_map_categories_numbers_and_missing_values():
     from napari_lemon._widgets._nuclei_display import MISSING_RGBA, column_colours
@@ -223,27 +255,94 @@ def test_recolour_names_an_unknown_column(viewer, nuclei):
         recolour(nuclei, "probe_x")
 
 
+def in_box(nuclei, box):
+    (x0, y0, w, h) = box
+    xy = nuclei.features[["x", "y"]].to_numpy()
+    inside = (xy[:, 0] >= x0) & (xy[:, 0] < x0 + w)
+    return np.flatnonzero(inside & (xy[:, 1] >= y0) & (xy[:, 1] < y0 + h))
+
+
+def raster_at(display, nuclei, rows):
+    """The raster's RGBA at the centroids of ``rows``."""
+    xy = nuclei.features.loc[rows, ["x", "y"]].to_numpy()
+    world = [nuclei.data_to_world(p) for p in xy[:, ::-1]]
+    r, c = np.rint([display.layer.world_to_data(w) for w in world]).astype(int).T
+    return display.layer.data[r, c]
+
+
 @needs_display
-def test_outlines_appear_only_when_zoomed_in_and_match_the_nuclei_in_view(
-    viewer, nuclei
-):
+def test_zoomed_out_dots_replace_the_points_and_follow_a_recolour(viewer, nuclei):
+    from napari_lemon._widgets._nuclei_display import display_of, recolour
+
+    display = display_of(nuclei)
+    display.max_outlines = 500
+    viewer.reset_view()
+    display.refresh()
+
+    # all 2,000 in view: dots, the points hidden, their features and data kept
+    assert display.mode == "dots" and len(display.rows) == 2000
+    assert display.layer.visible and not nuclei.visible
+    data, features = nuclei.data, nuclei.features
+    recolour(nuclei, "probe_kind", {"tumour": "red", "stroma": "blue"})
+    assert nuclei.data is data and nuclei.features is features
+    tumour = np.flatnonzero(features["probe_kind"] == "tumour")
+    assert (nuclei.face_color[tumour] == [1, 0, 0, 1]).all()  # set while hidden
+
+    # each dot at its centroid, in its colour at the points' opacity
+    pixels = raster_at(display, nuclei, np.arange(2000))
+    expected = np.where(features["probe_kind"].to_numpy()[:, None] == "tumour",
+                        [255, 0, 0], [0, 0, 255])  # fmt: skip
+    assert ((pixels[:, :3] == expected).all(axis=1)).mean() > 0.95
+    assert set(pixels[:, 3]) <= {round(255 * nuclei.opacity)}
+
+
+@needs_display
+def test_zoomed_in_the_points_and_the_outlines_in_view_come_back(viewer, nuclei):
+    from napari_lemon._widgets._nuclei_display import display_of, recolour
+
+    display = display_of(nuclei)
+    display.max_outlines = 500
+    viewer.reset_view()
+    display.refresh()
+    recolour(nuclei, "probe_kind", {"tumour": "red", "stroma": "lime"})
+
+    set_view(viewer, (1000, 1000), zoom=4.0)
+    display.refresh()
+    box, _ = display.view_box()
+    assert display.mode == "outlines" and nuclei.visible and display.layer.visible
+    np.testing.assert_array_equal(display.rows, in_box(nuclei, box))
+    assert 0 < len(display.rows) <= 500
+
+    # the colours set while hidden reached the canvas when shown
+    visual = viewer.window._qt_viewer.canvas.layer_to_visual[nuclei]
+    drawn = visual.node.points_markers._data["a_bg_color"]
+    np.testing.assert_allclose(drawn, nuclei.face_color[nuclei._view_indices])
+
+
+@needs_display
+def test_the_eyes_of_the_layers_hide_points_dots_and_outlines(viewer, nuclei):
     from napari_lemon._widgets._nuclei_display import display_of
 
     display = display_of(nuclei)
     display.max_outlines = 500
     viewer.reset_view()
     display.refresh()
-    assert not display.layer.visible  # 2,000 in view
 
-    # zoomed in: the outlines of exactly the nuclei in the view box
+    display.layer.visible = False  # the dots' eye, zoomed out: nothing drawn
+    display.refresh()
+    assert not display.layer.visible and not nuclei.visible
+    display.layer.visible = True
+    display.refresh()
+    assert display.mode == "dots" and display.layer.visible
+
     set_view(viewer, (1000, 1000), zoom=4.0)
     display.refresh()
-    (x0, y0, w, h), _ = display.view_box()
-    xy = nuclei.features[["x", "y"]].to_numpy()
-    inside = (xy[:, 0] >= x0) & (xy[:, 0] < x0 + w)
-    inside &= (xy[:, 1] >= y0) & (xy[:, 1] < y0 + h)
-    assert display.layer.visible and 0 < inside.sum() <= 500
-    np.testing.assert_array_equal(display.rows, np.flatnonzero(inside))
+    nuclei.visible = False  # the points' eye, zoomed in: no outlines either
+    display.refresh()
+    assert not display.layer.visible and not nuclei.visible
+    viewer.reset_view()
+    display.refresh()
+    assert not display.layer.visible and not nuclei.visible
 
 
 @needs_display

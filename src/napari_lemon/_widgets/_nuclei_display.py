@@ -1,34 +1,49 @@
-"""A million nuclei in the viewer: one points layer, outlines of the nuclei in view.
+"""A million nuclei in the viewer: dots when zoomed out, points and outlines in.
 
 Design
 ------
-- **Points, at every zoom.** All nuclei are one Points layer whose ``features``
-  table is the ``obs`` table (other plugins read it). Its data are the centroids;
-  nothing here ever replaces or copies them.
+- **One points layer, drawn only when few nuclei are in view.** All nuclei are
+  one Points layer whose ``features`` table is the ``obs`` table (other plugins
+  read it). Its data are the centroids; nothing here ever replaces or copies
+  them. Under a software renderer (Mesa llvmpipe, as on servers and CI) a frame
+  of 1,000,000 point markers takes 7-30 s, so the layer is drawn only when at
+  most :data:`MAX_VIEW_OUTLINES` nuclei are in view.
+- **A raster of the view.** After the camera stops moving (debounced,
+  :data:`REFRESH_MS`) the nuclei in the field of view are found with a strip
+  index on the centroids (:class:`._view_index.CentroidIndex`) and drawn into an
+  RGBA picture of the canvas' size, one screen pixel per raster pixel, shown as
+  one Image layer: with more than :data:`MAX_VIEW_OUTLINES` in view, each nucleus
+  is a filled dot of its point's size (at least one pixel), in its point's colour
+  and the layer's opacity, and the points layer is hidden; with fewer, their
+  outlines one pixel wide over the points. Drawing the view takes ~0.1 s in
+  numpy for 1,000,000 nuclei and the frame one texture.
+- **Hidden with ``visible``.** Zoomed out the points layer is set invisible:
+  ``data``, ``features``, ``selected_data`` and ``face_color`` stay as they are
+  for other plugins, napari skips the layer in every frame and in its refreshes.
+  NOTE: napari 0.9.2 ignores ``shown`` for 2D points (the slice returns every
+  index), so a mask cannot hide them; it would also be another plugin's filter.
+  The layer list shows the points hidden then; the raster layer stands for them
+  (its eye hides the dots). Hiding the points yourself hides the raster too.
 - **Recolouring is a mapping.** :func:`recolour` maps a features column through a
   palette (categories) or a colormap (numbers) to one RGBA per nucleus in one
   numpy take, and hands napari that array. NOTE: napari's own colour cycle on a
   features column maps value by value in Python (2 s per 1,000,000 nuclei, 10 s
   when the column is new to the cycle), so the mapping is done here; the column
-  and palette are kept in ``metadata["lemon_colour"]``. The face-colour event of
-  the layer is held back while the colours are set, so the canvas uploads the
-  points once instead of twice.
-- **Outlines only when zoomed in.** After the camera stops moving (debounced,
-  :data:`REFRESH_MS`) the nuclei in the field of view are found with a strip
-  index on the centroids (:class:`._view_index.CentroidIndex`). When at most
-  :data:`MAX_VIEW_OUTLINES` are in view, their outlines are drawn one screen pixel
-  wide into an RGBA picture of the canvas' size, shown as an Image layer over the
-  points; otherwise that layer is hidden. Outline colours are the points'
-  colours, row for row, so they follow every recolouring.
-- **Why a raster for the outlines.** Measured with 5,000 outlines of 16 vertices
-  under Xvfb + Mesa: a Shapes layer takes 2.3 s (polygons) or 3.9 s (paths) to
-  add and 1.7-2.3 s to replace its data; replacing the data of an RGBA Image layer
-  of 1000 x 1000 takes 0.02 s plus 0.05 s to draw, and drawing the picture takes
-  ~0.01 s in numpy. Outlines are display only: the polygons stay in the results.
+  and palette are kept in ``metadata["lemon_colour"]``. Only one of the layer's
+  two face-colour events is let through, so a shown layer uploads its points
+  once; a hidden layer uploads nothing (napari would still send every point to
+  the canvas, 0.5 s per 1,000,000) and is re-sent whole when shown again. The
+  raster is redrawn from the new colours.
+- **Why a raster.** Measured with 5,000 outlines of 16 vertices under Xvfb +
+  Mesa: a Shapes layer takes 2.3 s (polygons) or 3.9 s (paths) to add and
+  1.7-2.3 s to replace its data; replacing the data of an RGBA Image layer of
+  1000 x 1000 takes 0.02 s plus 0.05 s to draw. Dots and outlines are display
+  only: the polygons stay in the results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections.abc import Sequence
@@ -37,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ._view_index import CentroidIndex, rasterise_outlines
+from ._view_index import CentroidIndex, rasterise_dots, rasterise_outlines
 
 if TYPE_CHECKING:
     import napari
@@ -150,19 +165,29 @@ def recolour(layer: Points, column: str, palette: Any = None) -> None:
             f"one of {list(layer.features.columns)}"
         )
     colours = column_colours(layer.features[column], palette)
-
-    # NOTE: both face_color events redraw the points; one is enough
-    with layer.events.face_color.blocker():
-        layer.face_color = colours
+    _set_face_colours(layer, colours)
     layer.metadata[COLOUR_KEY] = {"column": column, "palette": palette}
     display = _DISPLAYS.get(layer)
     if display is not None:
         display.refresh()
 
 
-# ----------------------------------------------------------------- outlines
+def _set_face_colours(layer: Points, colours: np.ndarray) -> None:
+    """Set ``layer.face_color``, sending the points to the canvas at most once."""
+    # NOTE: both face_color events redraw the points; one is enough
+    blocked = [layer.events.face_color]
+    if not layer.visible:
+        # NOTE: napari re-sends a hidden layer's points when it is shown again
+        blocked.append(layer._face.events.colors)
+    with contextlib.ExitStack() as stack:
+        for emitter in blocked:
+            stack.enter_context(emitter.blocker())
+        layer.face_color = colours
+
+
+# ------------------------------------------------------------ dots, outlines
 class NucleiDisplay:
-    """Keeps the outlines of the nuclei in view, for one nuclei layer.
+    """Keeps the raster of the nuclei in view, for one nuclei layer.
 
     Parameters
     ----------
@@ -173,7 +198,18 @@ class NucleiDisplay:
         Packed outlines (``uns["outlines"]``): nucleus ``i`` owns
         ``xy[offsets[i]:offsets[i + 1]]``, ``(x, y)`` level-0 px.
     max_outlines : int
-        Outlines are drawn when at most this many nuclei are in view.
+        Points and outlines are drawn when at most this many nuclei are in view,
+        dots otherwise.
+
+    Attributes
+    ----------
+    mode : str
+        What the view shows: ``"dots"``, ``"outlines"`` or ``"points"`` (points
+        alone: none in view, a 3D view, or the raster hidden by its eye).
+    rows : ndarray of shape (k,), int64
+        The nuclei drawn in the raster.
+    layer : Image
+        The raster layer.
     """
 
     def __init__(
@@ -190,17 +226,25 @@ class NucleiDisplay:
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._xy = np.asarray(xy, dtype=np.float32)
         self.max_outlines = int(max_outlines)
-        self.index = CentroidIndex(points.features[["x", "y"]].to_numpy())
-        self.rows = np.empty(0, np.int64)  # nuclei whose outlines are drawn
-        self.layer = self._add_outline_layer()
+        self._centroids = points.features[["x", "y"]].to_numpy(dtype=np.float64)
+        self.index = CentroidIndex(self._centroids)
+        self.rows = np.empty(0, np.int64)
+        self.mode = "points"
+        self.layer = self._add_raster_layer()
 
-        # debounced refresh after camera moves
+        # what the user asked for with the eyes of the two layers
+        self._own_change = False
+        self.points_wanted, self.raster_wanted = bool(points.visible), True
+
+        # debounced refresh after camera moves and changes of the points
         self._timer = QTimer()
         self._timer.setSingleShot(True)
-        self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
         self._camera.events.connect(self._schedule)
-        points.events.visible.connect(self._schedule)
+        for name in ("size", "opacity", "face_color"):
+            getattr(points.events, name).connect(self._schedule)
+        points.events.visible.connect(self._on_points_visible)
+        self.layer.events.visible.connect(self._on_raster_visible)
         viewer.layers.events.removed.connect(self._on_removed)
         _DISPLAYS[points] = self
         self.refresh()
@@ -209,12 +253,12 @@ class NucleiDisplay:
     def _camera(self) -> Any:
         return getattr(self._viewer, "scene", self._viewer).camera
 
-    def _add_outline_layer(self) -> Image:
+    def _add_raster_layer(self) -> Image:
         points = self.points
         return self._viewer.add_image(
             np.zeros((1, 1, 4), np.uint8),
             rgb=True,
-            name=f"{points.name} outlines",
+            name=f"{points.name} dots & outlines",
             visible=False,
             scale=tuple(points.scale),
             translate=tuple(points.translate),
@@ -224,7 +268,17 @@ class NucleiDisplay:
         )
 
     def _schedule(self, _event: Any = None) -> None:
-        self._timer.start()
+        self._timer.start(REFRESH_MS)
+
+    def _on_points_visible(self, _event: Any = None) -> None:
+        if not self._own_change:
+            self.points_wanted = bool(self.points.visible)
+            self._timer.start(0)  # before the frame that would draw them all
+
+    def _on_raster_visible(self, _event: Any = None) -> None:
+        if not self._own_change:
+            self.raster_wanted = bool(self.layer.visible)
+            self._timer.start(0)
 
     def _on_removed(self, event: Any) -> None:
         if event.value is self.points:
@@ -233,10 +287,13 @@ class NucleiDisplay:
                 self._viewer.layers.remove(self.layer)
 
     def close(self) -> None:
-        """Stop following the camera."""
+        """Stop following the camera and the points."""
         self._timer.stop()
         self._camera.events.disconnect(self._schedule)
-        self.points.events.visible.disconnect(self._schedule)
+        for name in ("size", "opacity", "face_color"):
+            getattr(self.points.events, name).disconnect(self._schedule)
+        self.points.events.visible.disconnect(self._on_points_visible)
+        self.layer.events.visible.disconnect(self._on_raster_visible)
         self._viewer.layers.events.removed.disconnect(self._on_removed)
         _DISPLAYS.pop(self.points, None)
 
@@ -255,25 +312,44 @@ class NucleiDisplay:
         return (x0, y0, x1 - x0, y1 - y0), step
 
     def refresh(self) -> None:
-        """Draw the outlines of the nuclei in view, or hide them when too many."""
-        if not self.points.visible or self._viewer.dims.ndisplay != 2:
-            self._hide()
+        """Draw the nuclei in view: dots when many, outlines over points when few."""
+        self._timer.stop()
+        if not self.points_wanted or self._viewer.dims.ndisplay != 2:
+            self._show("points")
             return
         box, step = self.view_box()
         rows = self.index.query(box, limit=self.max_outlines)
-        if rows is None or len(rows) == 0:
-            self._hide()
+        if rows is not None and len(rows) == 0:
+            self._show("points")
             return
+        mode = "outlines" if rows is not None else "dots"
+        if not self.raster_wanted and mode == "outlines":
+            self._show("points")
+            return
+        if mode == "dots":
+            rows = self.index.query(box)
+        if self.raster_wanted:
+            self._draw(mode, rows, box, step)
+        self._show(mode)
 
-        # a picture of the view, one screen pixel per raster pixel
+    def _draw(self, mode: str, rows: np.ndarray, box: tuple, step: float) -> None:
+        """Put the picture of ``rows`` in the raster layer."""
         x0, y0, width, height = box
         shape = (int(np.ceil(height / step)) + 1, int(np.ceil(width / step)) + 1)
-        colours = np.rint(np.asarray(self.points.face_color)[rows] * 255)
-        colours[:, 3] = 255
-        picture = rasterise_outlines(
-            self._offsets, self._xy, rows, colours.astype(np.uint8), (x0, y0),
-            step, shape,
-        )  # fmt: skip
+        colours = np.asarray(self.points.face_color)[rows] * 255
+        if mode == "dots":
+            colours[:, 3] *= self.points.opacity
+            xy = self._centroids[rows]
+            size = np.asarray(self.points.size, dtype=np.float64)[rows]
+            picture = rasterise_dots(
+                xy, size, np.rint(colours).astype(np.uint8), (x0, y0), step, shape
+            )
+        else:
+            colours[:, 3] = 255
+            picture = rasterise_outlines(
+                self._offsets, self._xy, rows, np.rint(colours).astype(np.uint8),
+                (x0, y0), step, shape,
+            )  # fmt: skip
 
         # placed so that raster pixel (r, c) is centred on level-0 (x0 + c*s, y0 + r*s)
         scale = np.asarray(self.points.scale[-2:], dtype=float)
@@ -281,15 +357,26 @@ class NucleiDisplay:
         self.layer.data = picture
         self.layer.scale = tuple(scale * step)
         self.layer.translate = tuple(translate + np.array([y0, x0]) * scale)
-        self.layer.visible = True
         self.rows = rows
 
-    def _hide(self) -> None:
-        self.rows = np.empty(0, np.int64)
-        if self.layer.visible:
-            self.layer.visible = False
+    def _show(self, mode: str) -> None:
+        """Set both layers' visibility for ``mode``, touching only what changes."""
+        self.mode = mode
+        if mode == "points":
+            self.rows = np.empty(0, np.int64)
+        points_visible = self.points_wanted and mode != "dots"
+        raster_visible = self.points_wanted and self.raster_wanted and mode != "points"
+        self._own_change = True
+        try:
+            # NOTE: setting visible, even unchanged, re-sends every point
+            if self.points.visible != points_visible:
+                self.points.visible = points_visible
+            if self.layer.visible != raster_visible:
+                self.layer.visible = raster_visible
+        finally:
+            self._own_change = False
 
 
 def display_of(layer: Points) -> NucleiDisplay | None:
-    """The outline display that follows ``layer``, if any."""
+    """The display (dots, outlines) that follows ``layer``, if any."""
     return _DISPLAYS.get(layer)

@@ -1,8 +1,9 @@
-"""Which nuclei lie in a box, fast, and their outlines as an RGBA raster.
+"""Which nuclei lie in a box, fast, and their outlines or dots as an RGBA raster.
 
-Pure numpy (no Qt, no napari): the outline display of :mod:`._nuclei_display`
-asks, after each camera move, for the nuclei in the field of view and draws their
-outlines into one picture of about the canvas size.
+Pure numpy (no Qt, no napari): the display of :mod:`._nuclei_display` asks,
+after each camera move, for the nuclei in the field of view and draws their
+outlines (few in view) or one dot each (many) into one picture of about the
+canvas size.
 
 The index sorts centroids into horizontal strips and, inside a strip, by ``x``:
 a box query is two binary searches per strip it crosses, then an exact test of
@@ -16,6 +17,7 @@ import numpy as np
 
 STRIP_PX = 256.0  # strip height in level-0 px: ~10 nuclei rows at 0.25 um/px
 MAX_SEGMENT_SAMPLES = 4096  # a longer outline edge is not a nucleus
+MAX_DOT_RADIUS_PX = 32  # a larger dot is drawn as outlines anyway
 
 
 class CentroidIndex:
@@ -201,4 +203,68 @@ def rasterise_outlines(
     # keep what falls on the picture
     inside = (row >= 0) & (row < shape[0]) & (col >= 0) & (col < shape[1])
     picture[row[inside], col[inside]] = colours[owner[edge[inside]]]
+    return picture
+
+
+def rasterise_dots(
+    xy: np.ndarray,
+    diameters: np.ndarray,
+    colours: np.ndarray,
+    origin_xy: tuple[float, float],
+    step_px: float,
+    shape: tuple[int, int],
+    max_radius_px: int = MAX_DOT_RADIUS_PX,
+) -> np.ndarray:
+    """Draw each nucleus as a filled disc of its size into an RGBA picture.
+
+    Raster pixel ``(r, c)`` is centred on level-0 ``(x, y) = origin_xy +
+    (c, r) * step_px``. A disc covers the pixels whose centres lie within its
+    radius of the centroid's pixel, and at least that pixel; larger discs are
+    drawn first, so small nuclei stay visible on top of large ones.
+
+    Parameters
+    ----------
+    xy : ndarray of shape (k, 2), float
+        Centroids ``(x, y)`` in level-0 px.
+    diameters : ndarray of shape (k,), float
+        Diameters in level-0 px.
+    colours : ndarray of shape (k, 4), uint8
+        RGBA of each nucleus.
+    origin_xy, step_px, shape
+        As in :func:`rasterise_outlines`.
+    max_radius_px : int
+        Largest disc radius, in raster pixels.
+
+    Returns
+    -------
+    ndarray of shape (shape[0], shape[1], 4), uint8
+        Transparent except on the discs.
+    """
+    if step_px <= 0:
+        raise ValueError(f"step_px={step_px!r} must be > 0")
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 4)
+    radius = np.asarray(diameters, dtype=np.float64).reshape(-1) / (2 * step_px)
+    if not len(xy) == len(radius) == len(colours):
+        raise ValueError(
+            f"{len(xy)} centroids, {len(radius)} diameters and {len(colours)} "
+            "colours: give one diameter and one RGBA per nucleus"
+        )
+    picture = np.zeros((*shape, 4), np.uint8)
+
+    # the centroid's pixel, and the half-width of each disc's square
+    origin = np.asarray(origin_xy, dtype=np.float64)
+    col, row = np.rint((xy - origin) / step_px).astype(np.int64).T
+    radius = np.clip(radius, 0.5, max_radius_px)
+    half = np.floor(radius).astype(np.int64)
+
+    # one stamp per half-width, the largest first
+    for h in np.unique(half)[::-1]:
+        dots = np.flatnonzero(half == h)
+        dy, dx = (a.ravel() for a in np.mgrid[-h : h + 1, -h : h + 1])
+        inside = dx**2 + dy**2 <= radius[dots, None] ** 2  # (dots, offsets)
+        owner, offset = np.nonzero(inside)
+        r, c = row[dots[owner]] + dy[offset], col[dots[owner]] + dx[offset]
+        on = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+        picture[r[on], c[on]] = colours[dots[owner[on]]]
     return picture
