@@ -7,14 +7,18 @@ Run under a display (Xvfb + Mesa on a server), from the repository root::
 Measures, per number of nuclei (synthetic, spread over a 100,000 px square slide):
 
 - ``add``: :func:`napari_lemon._widgets._results.add_nuclei` (points layer,
-  centroid index, outline layer), and the first frame after it;
+  centroid index, view raster), and the first frame after it;
 - ``recolour``: :func:`napari_lemon._widgets._nuclei_display.recolour`, switching
   between a 3-category probe column and 8 clusters: the call alone, and from the
   call to the frame drawn (``repaint`` of the canvas, events processed); the
-  whole slide in view. At 100,000 nuclei napari's own colour cycle on the
-  features column is timed too;
-- ``outlines``: the outline refresh at a zoom showing about 2,000 nuclei, and its
-  frame;
+  whole slide in view (dots, points hidden). ``hidden_face_color``: setting the
+  colours of the hidden layer as ``recolour`` does and the napari way. At 100,000
+  nuclei napari's own colour cycle on the features column is timed too;
+- ``pan_low_zoom``: the dots refresh after a pan with a quarter of the slide in
+  view, and its frame;
+- ``zoom_in``: the refresh from dots to points and outlines (about 2,000 nuclei
+  in view); ``outlines``: the refresh after pans at that zoom;
+  ``recolour_zoomed_in``: recolour there, points shown;
 - ``main_thread``: the longest gaps between ticks of a 10 ms QTimer while the
   panel runs a whole-slide analysis of a small synthetic slide (bundled encoder).
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -101,7 +106,7 @@ def median_of(pairs: list[tuple[float, float]]) -> dict[str, float]:
 
 
 def bench_size(viewer, frames: Frames, n: int, repeats: int) -> dict:
-    """Add, recolour and outline timings for ``n`` nuclei."""
+    """Add, recolour, refresh and outline timings for ``n`` nuclei."""
     from napari_lemon._widgets._nuclei_display import display_of, recolour
     from napari_lemon._widgets._results import add_nuclei
 
@@ -112,37 +117,82 @@ def bench_size(viewer, frames: Frames, n: int, repeats: int) -> dict:
     )
     layer = row.pop("layer")
     row["add"] = {"call_s": round(add[0], 3), "to_frame_s": round(add[1], 3)}
+    display = display_of(layer)
+    camera = getattr(viewer, "scene", viewer).camera
     viewer.reset_view()
+    display.refresh()
     frames.draw()
 
-    # recolour, the whole slide in view
+    # recolour, the whole slide in view (dots)
     data = layer.data
     columns = ["probe_kind", "cluster"] * repeats
     row["recolour"] = median_of(
         [timed(lambda c=c: recolour(layer, c), frames) for c in columns]
     )
+    row["recolour"]["mode"] = display.mode
     assert layer.data is data
+    row["hidden_face_color"] = _hidden_face_color(layer, repeats)
     if n <= 200_000:
         row["napari_cycle"] = median_of(
             [timed(lambda c=c: _napari_cycle(layer, c), frames) for c in columns[:2]]
         )
 
-    # outlines at a zoom of about 2,000 nuclei in view
-    display = display_of(layer)
-    camera = getattr(viewer, "scene", viewer).camera
+    # pan and zoom at low zoom: a quarter of the slide in view, moved
+    pairs = []
+    camera.zoom = 2 * max(viewer.canvas.size) / (SLIDE_PX * MPP)
+    for i in range(repeats):
+        centre = SLIDE_PX * (0.3 + 0.1 * i)
+        camera.center = (centre * MPP, centre * MPP)
+        pairs.append(timed(display.refresh, frames))
+    row["pan_low_zoom"] = {**median_of(pairs), "in_view": int(len(display.rows))}
+    row["pan_low_zoom"]["mode"] = display.mode
+
+    # zoom in to about 2,000 nuclei: points come back, then outlines on pans
     side_px = SLIDE_PX * np.sqrt(2_000 / n)
     camera.zoom = max(viewer.canvas.size) / (side_px * MPP)
+    camera.center = (SLIDE_PX / 2 * MPP, SLIDE_PX / 2 * MPP)
+    zoom_in = timed(display.refresh, frames)
+    row["zoom_in"] = {
+        "call_s": round(zoom_in[0], 3),
+        "to_frame_s": round(zoom_in[1], 3),
+    }
     pairs = []
     for i in range(repeats):
-        centre = SLIDE_PX / 2 + i * side_px / 10
+        centre = SLIDE_PX / 2 + (i + 1) * side_px / 10
         camera.center = (centre * MPP, centre * MPP)
         pairs.append(timed(display.refresh, frames))
     row["outlines"] = {**median_of(pairs), "in_view": int(len(display.rows))}
-    row["outlines"]["shown"] = bool(display.layer.visible)
+    row["outlines"]["mode"] = display.mode
+    row["recolour_zoomed_in"] = median_of(
+        [timed(lambda c=c: recolour(layer, c), frames) for c in columns]
+    )
+    assert layer.data is data and layer.visible
 
     viewer.layers.clear()
     frames.draw()
     return row
+
+
+def _hidden_face_color(layer, repeats: int) -> dict:
+    """Seconds to set the colours of a hidden layer: napari's way and ours."""
+    from napari_lemon._widgets._nuclei_display import _set_face_colours
+
+    assert not layer.visible
+    colours = [np.random.default_rng(i).uniform(0, 1, (len(layer.data), 4)) for i in
+               range(2)]  # fmt: skip
+    ours, napari_way = [], []
+    for i in range(repeats):
+        started = time.perf_counter()
+        _set_face_colours(layer, colours[i % 2])
+        ours.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with layer.events.face_color.blocker():
+            layer.face_color = colours[(i + 1) % 2]
+        napari_way.append(time.perf_counter() - started)
+    return {
+        "deferred_s": round(statistics.median(ours), 4),
+        "napari_s": round(statistics.median(napari_way), 4),
+    }
 
 
 def _napari_cycle(layer, column: str) -> None:
@@ -222,8 +272,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(bench_size(viewer, frames, n, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
     gaps = None if args.skip_run else main_thread_gaps(viewer, frames, args.tiles)
+    if gaps is None and args.out.exists():  # keep the last run's record
+        previous = json.loads(args.out.read_text())
+        if previous.get("main_thread"):
+            gaps = {**previous["main_thread"], "date": previous["date"]}
     print(json.dumps(gaps), flush=True)
     canvas = viewer.canvas.size
+    load_average = os.getloadavg()
     viewer.close()
 
     record = {
@@ -235,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "canvas_px": list(canvas),
         "slide_px": SLIDE_PX,
         "sizes": rows,
+        "load_average": [round(v, 2) for v in load_average],
         "main_thread": gaps,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
