@@ -122,7 +122,7 @@ def test_load_encoder_passes_the_precision_through(network, tmp_path):
 def test_cpu_batch_size_is_the_measured_one(network):
     encoder = Encoder(network, SHALLOW, "cpu", "fp32")
 
-    assert encoder.default_batch_size() == CPU_BATCH["fp32"]
+    assert encoder.default_batch_size() == CPU_BATCH == 128
 
 
 def fake_cuda(monkeypatch, encoder, free_bytes, peak_bytes):
@@ -207,11 +207,3 @@ def test_bad_batch_sizes_are_refused(network, crops, bad):
 
     with pytest.raises(ValueError, match=f"batch_size={bad!r} must be a positive"):
         encoder.embed(crops, batch_size=bad)
-
-
-def test_cpu_bf16_runs_a_bfloat16_copy_beside_the_fp32_model(network, monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: True)
-    encoder = Encoder(network, SHALLOW, "cpu", "bf16")
-
-    assert next(encoder._network.parameters()).dtype == torch.bfloat16
-    assert next(encoder.model.parameters()).dtype == torch.float32

@@ -175,9 +175,10 @@ def select_device(device: str = "auto") -> str:
     return device
 
 
-# crops per forward pass on the CPU, per precision: the best of the sweep in
-# benchmarks/embedding_speed.py (larger batches leave the caches and gain nothing)
-CPU_BATCH = {"fp32": 64, "bf16": 128, "int8": 64}
+# crops per forward pass on the CPU: the best of the sweep in
+# benchmarks/embedding_speed.py for every precision (at 256 fp32 lost 20%, int8 37%
+# and bf16 12%: the activations leave the caches)
+CPU_BATCH = 128
 # on CUDA: this share of the free memory, at the bytes per crop measured on a
 # probe batch, at most CUDA_MAX_BATCH crops (more only delays progress reports)
 CUDA_MEMORY_SHARE = 0.5
@@ -221,9 +222,7 @@ class Encoder:
         self.device = select_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
-        self._network, self._input_dtype = inference_network(
-            self.model, self.precision, self.device
-        )
+        self._network = inference_network(self.model, self.precision)
         self._max_batch: int | None = None  # lowered after a CUDA out-of-memory
         self._bytes_per_crop: float | None = None
 
@@ -239,21 +238,19 @@ class Encoder:
         if self.device.startswith("cuda"):  # uint8 over the bus, asynchronously
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.to(self.device).permute(0, 3, 1, 2).float()
-        scale = 255.0 * torch.tensor(self.card.std, device=self.device)
-        mean = torch.tensor(self.card.mean, device=self.device) / torch.tensor(
-            self.card.std, device=self.device
-        )
-        return x.div_(scale.view(1, 3, 1, 1)).sub_(mean.view(1, 3, 1, 1))
+        mean = torch.tensor(self.card.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.card.std, device=self.device).view(1, 3, 1, 1)
+        return x.div_(255.0).sub_(mean).div_(std)
 
     def default_batch_size(self) -> int:
         """Crops per forward pass for this device and precision.
 
         CUDA: :data:`CUDA_MEMORY_SHARE` of the free memory over the bytes one crop
         takes (measured once on a probe batch), 1 to :data:`CUDA_MAX_BATCH`.
-        CPU and MPS: the measured best of :data:`CPU_BATCH`.
+        CPU and MPS: :data:`CPU_BATCH`, the best measured on the CPU.
         """
         if not self.device.startswith("cuda"):
-            return CPU_BATCH.get(self.precision, 64)
+            return CPU_BATCH
         import torch
 
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -265,12 +262,14 @@ class Encoder:
         if self._bytes_per_crop is None:
             import torch
 
+            from .precision import autocast
+
             size = self.card.crop_size
             probe = np.zeros((PROBE_BATCH, size, size, 3), np.uint8)
             torch.cuda.synchronize(self.device)
             before = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.precision, self.device):
                 self._forward(probe)
             peak = torch.cuda.max_memory_allocated(self.device) - before
             self._bytes_per_crop = max(peak / PROBE_BATCH, 1.0)
@@ -278,11 +277,7 @@ class Encoder:
 
     def _forward(self, crops: np.ndarray) -> np.ndarray:
         """One forward pass: uint8 (n, h, w, 3) -> float32 (n, embed_dim)."""
-        from .precision import autocast
-
-        x = self.preprocess(crops).to(self._input_dtype)
-        with autocast(self.precision, self.device):
-            y = self._network(x)
+        y = self._network(self.preprocess(crops))
         return y.float().cpu().numpy()
 
     def embed(
@@ -310,6 +305,8 @@ class Encoder:
         """
         import torch
 
+        from .precision import autocast
+
         size = self.card.crop_size
         if crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
             raise ValueError(
@@ -330,7 +327,8 @@ class Encoder:
         if progress is not None:
             starts = progress(starts)
 
-        with torch.inference_mode():
+        # one autocast context for all batches: the weights are cast once
+        with torch.inference_mode(), autocast(self.precision, self.device):
             for start in starts:
                 chunk = crops[start : start + batch_size]
                 out[start : start + len(chunk)] = self._embed_backing_off(chunk)
