@@ -70,7 +70,7 @@ def slide_path(tmp_path_factory):
 def encoder(random_encoder_path):
     from napari_lemon.checkpoint import load_encoder
 
-    return load_encoder(random_encoder_path, device="cpu")
+    return load_encoder(random_encoder_path, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
