@@ -72,6 +72,14 @@ def test_auto_is_fp16_on_cuda_and_measured_choice_on_cpu(monkeypatch):
     assert resolve_precision("auto", "cpu") == "fp32"
 
 
+def test_encoder_records_the_resolved_precision(network, monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: True)
+    assert Encoder(network, SHALLOW, "cpu").precision == "bf16"
+
+    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: False)
+    assert Encoder(network, SHALLOW, "cpu").precision == "fp32"
+
+
 def test_explicit_precisions_are_kept(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: True)
     assert resolve_precision("fp32", "cpu") == "fp32"

@@ -9,7 +9,8 @@ precision     how
               fp32
 ``fp16``      ``torch.autocast`` to float16, CUDA only
 ``int8``      dynamic quantisation of every ``nn.Linear`` (int8 weights, activations
-              quantised per batch), CPU only
+              quantised per batch), CPU only; 1.9x fp32 but 1.3 CRC points lower,
+              so ``auto`` never picks it
 ``auto``      fp16 on CUDA; on a CPU with AMX the choice of :data:`CPU_AUTO`, which
               kept the CRC probe within a point of fp32 in
               ``benchmarks/embedding_speed.py``; fp32 elsewhere
@@ -20,7 +21,8 @@ Embeddings always come back as float32.
 NOTE: the CRC probe is sensitive to rounding far below what a cosine shows: a
 network held wholly in bfloat16 (residual stream and final norm included) gave
 embeddings at cosine 0.99998 to fp32 and lost 1.3 points of balanced accuracy
-on every fold, as did int8; bf16 autocast (cosine > 0.999999) lost none.
+on every fold (int8: 1.3 on average); bf16 autocast (cosine > 0.999999) lost
+none.
 """
 
 from __future__ import annotations
