@@ -327,7 +327,6 @@ class Encoder:
         if progress is not None:
             starts = progress(starts)
 
-        # one autocast context for all batches: the weights are cast once
         with torch.inference_mode(), autocast(self.precision, self.device):
             for start in starts:
                 chunk = crops[start : start + batch_size]

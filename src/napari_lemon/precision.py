@@ -104,7 +104,9 @@ def inference_network(model: torch.nn.Module, precision: str) -> torch.nn.Module
 def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
     """The autocast context of a resolved ``precision`` (a no-op for fp32, int8).
 
-    Weights are cast once per context: hold it around all batches of a call.
+    NOTE: under ``torch.inference_mode`` autocast recasts the weights on every
+    pass; with ``no_grad`` its cache halved the casts, but the rate did not
+    change measurably (bf16, batch 128, 2 cores).
     """
     import torch
 
