@@ -333,7 +333,7 @@ def analysis_steps(
     device: str = "auto",
     segmenter: str = DEFAULT_SEGMENTER,
     seg_mpp: float | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     seed: int = 0,
     segmenter_params: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, AnalysisResult]:
@@ -357,14 +357,14 @@ def analysis_steps(
         k-means clusters and seed.
     segmenter, seg_mpp, segmenter_params
         See :func:`segmentation_steps`.
-    batch_size : int
-        Crops per forward pass of the encoder.
+    batch_size : int, optional
+        Crops per forward pass of the encoder; default its choice for the device.
     """
     from .analysis import cluster_kmeans
 
     if n_clusters < 1:
         raise ValueError(f"n_clusters={n_clusters!r} must be >= 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     encoder = load_or_use(encoder, model, device)
     card = encoder.card
@@ -393,6 +393,7 @@ def analysis_steps(
         segmenter,
         seg.params,
         card,
+        encoder_precision=getattr(encoder, "precision", None),
         seg_mpp=seg.seg_mpp,
         clustering={
             "method": "kmeans",

@@ -97,6 +97,7 @@ def make_provenance(
     segmenter: str,
     segmenter_params: dict[str, Any] | None = None,
     encoder_card: EncoderCard | None = None,
+    encoder_precision: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Collect what produced a result, for ``uns["lemon"]``.
@@ -113,6 +114,8 @@ def make_provenance(
         Name and parameters of the nucleus segmenter.
     encoder_card : EncoderCard or None
         Card of the encoder whose embeddings are stored.
+    encoder_precision : str or None
+        The arithmetic it ran in (``fp32``, ``bf16``, ``int8``, ``fp16``).
     **extra
         Further entries (clusters, seed, ...).
     """
@@ -135,6 +138,8 @@ def make_provenance(
             "mpp": card.mpp,
             "crop_size": card.crop_size,
         }
+        if encoder_precision is not None:
+            provenance["encoder"]["precision"] = encoder_precision
     provenance.update(extra)
     return provenance
 

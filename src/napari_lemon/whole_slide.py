@@ -93,7 +93,7 @@ def slide_steps(
     tile_um: float = 512.0,
     margin_um: float = 24.0,
     region: Sequence[float] | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     n_clusters: int = 8,
     seed: int = 0,
     segmenter_params: dict[str, Any] | None = None,
@@ -122,8 +122,9 @@ def slide_steps(
         margin must exceed the largest nucleus diameter.
     region : sequence of 4 numbers, optional
         ``(x, y, width, height)`` in level-0 px; default the whole slide.
-    batch_size : int
-        Crops per forward pass of the encoder.
+    batch_size : int, optional
+        Crops per forward pass of the encoder; default the encoder's choice for
+        its device.
     n_clusters, seed : int
         Streaming k-means clusters and seed.
     overwrite : bool
@@ -137,7 +138,9 @@ def slide_steps(
     from .store import make_provenance
 
     # check the request
-    _check_counts(batch_size=batch_size, n_clusters=n_clusters)
+    _check_counts(n_clusters=n_clusters)
+    if batch_size is not None:
+        _check_counts(batch_size=batch_size)
     mpp = require_mpp(slide)
     region = resolve_region(slide, region)
     seg_mpp = float(seg_mpp) if seg_mpp else default_seg_mpp(slide)
@@ -166,6 +169,7 @@ def slide_steps(
     }
     provenance = make_provenance(
         slide.path, mpp, region, segmenter, params, encoder.card,
+        encoder_precision=getattr(encoder, "precision", None),
         seg_mpp=seg_mpp, tiling=tiling,
     )  # fmt: skip
     store = IncrementalStore.open(

@@ -80,11 +80,11 @@ def weights_key(encoder) -> str:
 
     Hashing the loaded tensors, not a file name or the card's recorded sha256,
     means a replaced weights file or other normalisation statistics can never
-    reuse stale embeddings.
+    reuse stale embeddings; the arithmetic (fp32, bf16, ...) is part of the key.
     """
-    card = encoder.card
+    card, precision = encoder.card, getattr(encoder, "precision", "fp32")
     digest = hashlib.sha256(
-        repr((card.mean, card.std, card.mpp, card.crop_size)).encode()
+        repr((card.mean, card.std, card.mpp, card.crop_size, precision)).encode()
     )
     for name, tensor in sorted(encoder.model.state_dict().items()):
         digest.update(name.encode())
