@@ -455,3 +455,34 @@ def test_an_mpp_other_than_the_recorded_one_warns(shared_data):
     with pytest.warns(UserWarning, match="records 0.499 um/px; using 0.25"):
         slide = open_slide(shared_data / "wsi" / "CMU-1-Small-Region.svs", mpp=0.25)
     assert slide.mpp == 0.25
+
+
+def test_read_overview_subsamples_the_coarsest_fine_enough_level_in_bands(
+    tmp_path, monkeypatch
+):
+    import napari_lemon.slide as slide_module
+
+    image = make_rgb()
+    path = write_pyramid(tmp_path / "p.tif", image)
+    monkeypatch.setattr(slide_module, "OVERVIEW_BAND_BYTES", 3 * image.shape[1] * 8)
+    with open_slide(path) as slide:
+        reads = []
+        original = slide.read_region
+        monkeypatch.setattr(
+            slide, "read_region", lambda *a: reads.append(a) or original(*a)
+        )
+        overview, step = slide.read_overview((0, 0, *slide.dimensions), 100)
+        level2 = original((0, 0), 2, slide.level_dimensions[2])
+
+    assert max(overview.shape[:2]) <= 100
+    assert step == 4 * 2  # level 2 (downsample 4), every other pixel
+    np.testing.assert_array_equal(overview, level2[::2, ::2])
+    assert len(reads) > 2 and {r[1] for r in reads} == {2}  # bands of level 2
+
+
+def test_read_overview_with_a_step_rounds_down_and_refuses_a_bad_side(pyramid_path):
+    with open_slide(pyramid_path) as slide:
+        overview, step = slide.read_overview((0, 0, *slide.dimensions), step=3)
+        assert step == 2 and overview.shape[:2] == slide.level_dimensions[1][::-1]
+        with pytest.raises(ValueError, match="max_side=0 must be a positive"):
+            slide.read_overview((0, 0, 10, 10), 0)

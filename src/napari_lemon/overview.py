@@ -52,11 +52,9 @@ def render_results(
     """
     from .overlay import draw_outlines
 
-    # the region at a scale that fits
+    # the region at a scale that fits, read in bounded bands
     x, y, w, h = region if region is not None else (0, 0, *slide.dimensions)
-    scale = max(1.0, max(w, h) / MAX_SIDE)
-    image = slide.read_region_at_mpp((x, y), (w, h), slide.mpp * scale)
-    scale = w / image.shape[1]
+    image, scale = slide.read_overview((x, y, w, h), MAX_SIDE)
 
     # nuclei, relative to the region's corner
     obs, offsets, xy = read_table_and_outlines(store)

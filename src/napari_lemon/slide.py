@@ -47,6 +47,7 @@ UNREADABLE = {
 }
 MPP_TOLERANCE = 0.01  # a level counts as fine enough when within 1% of the target
 DASK_TILE = 1024  # dask chunk side for levels not served by zarr directly
+OVERVIEW_BAND_BYTES = 64 << 20  # pixels read at once for a thumbnail or overview
 
 
 def _supported() -> str:
@@ -241,13 +242,69 @@ class Slide:
             raise ValueError(f"max_size={max_size!r} must be a positive pixel count")
         width, height = self.dimensions
         scale = min(1.0, max_size / max(width, height))
-
-        # read the smallest level that is still at least as large as the result
-        target = 1.0 / scale
-        level = max(i for i, d in enumerate(self.level_downsamples) if d <= target)
-        image = self.read_region((0, 0), level, self.level_dimensions[level])
         shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+
+        # a read no smaller than the result, in bounded bands, then the exact size
+        step = max(1, math.floor(max(width, height) / max_size))
+        image, _ = self.read_overview((0, 0, width, height), step=step)
         return image if image.shape[:2] == shape else resize_rgb(image, shape)
+
+    def read_overview(
+        self,
+        region: tuple[int, int, int, int],
+        max_side: int | None = None,
+        step: int | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """A region subsampled by a whole factor so neither side exceeds ``max_side``.
+
+        Reads the coarsest level that is still fine enough, in bands of at most
+        :data:`OVERVIEW_BAND_BYTES`, keeping every ``k``-th pixel of each band: a
+        picture of a whole slide without ever holding a fine level whole (a
+        single-level slide of 40,000 px a side is 5 GB of pixels).
+
+        Parameters
+        ----------
+        region : (x, y, width, height)
+            Level-0 px.
+        max_side : int, optional
+            Largest side of the result.
+        step : int, optional
+            Level-0 px per result pixel instead (at least 1); the level read is
+            the coarsest with a downsample not above it.
+
+        Returns
+        -------
+        image : ndarray of shape (rows, cols, 3), uint8
+        step : int
+            Level-0 px per pixel of ``image``.
+        """
+        x, y, width, height = (int(v) for v in region)
+        fit = step is None  # the stride rounds up to fit max_side, else down
+        if fit:
+            if not max_side or max_side < 1:
+                raise ValueError(
+                    f"max_side={max_side!r} must be a positive pixel count"
+                )
+            step = math.ceil(max(width, height) / max_side)
+        step = max(1, int(step))
+
+        # the coarsest level no coarser than the step, and its own stride
+        level = max(i for i, d in enumerate(self.level_downsamples) if d <= step)
+        downsample = self.level_downsamples[level]
+        stride = math.ceil(step / downsample) if fit else int(step // downsample)
+        stride = max(1, stride)
+        step = downsample * stride
+        cols = math.ceil(width / downsample)
+        rows = math.ceil(height / downsample)
+
+        # bands of whole strides of rows
+        band = max(stride, OVERVIEW_BAND_BYTES // (3 * cols) // stride * stride)
+        parts = []
+        for top in range(0, rows, band):
+            location = (x, round(y + top * downsample))
+            size = (cols, min(band, rows - top))
+            parts.append(self.read_region(location, level, size)[::stride, ::stride])
+        return np.concatenate(parts), round(step)
 
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.level_count:
