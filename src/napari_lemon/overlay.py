@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+OUTLINES_PER_BLOCK = 16_384  # outlines drawn at once, so memory stays bounded
+
 # the 10 strong colours of the "tab10" qualitative table, then their 10 light
 # companions from "tab20": distinct for up to 20 clusters. NOTE: purple, pink and
 # grey come last among the strong ones: they vanish against H&E stain.
@@ -210,7 +212,7 @@ def draw_outlines(
     if palette is None:
         palette = cluster_palette(max(int(values.max(initial=0)) + 1, 1))
     colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    rc = np.asarray(xy, dtype=np.float64).reshape(-1, 2)[:, ::-1] / scale
+    rc = np.asarray(xy, dtype=np.float32).reshape(-1, 2)[:, ::-1] / np.float32(scale)
 
     # extent of each outline on the image, from the packed vertex table
     counts = np.diff(offsets)
@@ -229,18 +231,25 @@ def draw_outlines(
         out, np.rint(centre).astype(int), colours[values[index[small]] % len(colours)]
     )
 
-    # perimeters: every edge sampled at under a pixel, all outlines at once
-    big = index[~small]
-    a, b, polygon = _edges(offsets, big, rc)
+    # perimeters: every edge sampled at under a pixel, a block of outlines at once
+    big, rgb = index[~small], colours[values % len(colours)]
+    for start in range(0, len(big), OUTLINES_PER_BLOCK):
+        block = big[start : start + OUTLINES_PER_BLOCK]
+        _draw_perimeters(out, offsets, block, rc, rgb)
+    return out
+
+
+def _draw_perimeters(
+    out: np.ndarray, offsets: np.ndarray, which: np.ndarray, rc: np.ndarray, rgb
+) -> None:
+    """Paint the closed outlines ``which`` of the packed table in ``rgb[which]``."""
+    a, b, polygon = _edges(offsets, which, rc)
     steps = np.ceil(np.abs(b - a).max(axis=1, initial=0)).astype(np.int64) + 1
     edge = np.repeat(np.arange(len(a)), steps)
-    t = (
-        np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)
-    ) / np.repeat(steps, steps)
-    points = a[edge] + (b[edge] - a[edge]) * t[:, None]
-    edge_colours = colours[values[polygon] % len(colours)]
-    _paint(out, np.rint(points).astype(np.int64), edge_colours[edge])
-    return out
+    first = np.repeat(np.cumsum(steps) - steps, steps)
+    t = ((np.arange(steps.sum()) - first) / np.repeat(steps, steps))[:, None]
+    points = a[edge] + (b[edge] - a[edge]) * t
+    _paint(out, np.rint(points).astype(np.int64), rgb[polygon][edge])
 
 
 def _edges(offsets: np.ndarray, which: np.ndarray, rc: np.ndarray):

@@ -62,7 +62,7 @@ def render_results(
         values = pd.Categorical(obs["cluster"]).codes.astype(np.int64)
     else:
         values = np.zeros(len(obs), dtype=np.int64)
-    xy = np.asarray(xy, dtype=np.float64) - np.array([x, y], dtype=np.float64)
+    xy = np.asarray(xy, dtype=np.float32) - np.array([x, y], dtype=np.float32)
     return draw_outlines(image, offsets, xy, values, scale)
 
 
