@@ -122,10 +122,9 @@ def _run_analysis(inputs, out: Path, args) -> int:
 
 
 def _n_clusters(store: Path) -> int:
-    from .overview import read_table_and_outlines
+    from .overview import read_clusters
 
-    obs = read_table_and_outlines(store)[0]
-    return len(obs["cluster"].cat.categories) if "cluster" in obs else 0
+    return read_clusters(store)[1]
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

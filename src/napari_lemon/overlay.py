@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-OUTLINES_PER_BLOCK = 16_384  # outlines drawn at once, so memory stays bounded
+OUTLINES_PER_BLOCK = 4_096  # outlines drawn at once, so memory stays bounded
 
 # the 10 strong colours of the "tab10" qualitative table, then their 10 light
 # companions from "tab20": distinct for up to 20 clusters. NOTE: purple, pink and

@@ -2,8 +2,9 @@
 
 ``lemon analyze`` writes it beside each results store as ``<stem>.overlay.png``,
 at most 4096 px a side: outlines where nuclei are a few pixels wide, dots where
-the picture is coarser than a nucleus. Only the table, the outlines and a
-low-resolution read of the slide are loaded, never the embeddings.
+the picture is coarser than a nucleus. Only the clusters, the outlines (a block
+at a time) and a low-resolution read of the slide are loaded, never the
+embeddings.
 """
 
 from __future__ import annotations
@@ -18,26 +19,25 @@ if TYPE_CHECKING:
     from .slide import Slide
 
 MAX_SIDE = 4096
+NUCLEI_PER_READ = 16_384
 
 
-def read_table_and_outlines(
-    path: str | Path,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """The ``obs`` table and packed outlines of a results store, without embeddings.
+def read_clusters(path: str | Path) -> tuple[np.ndarray, int]:
+    """Cluster code of every nucleus of a results store (0 without clusters).
 
     Returns
     -------
-    obs : DataFrame
-    offsets : ndarray of shape (n + 1,), int64
-    xy : ndarray of shape (total_vertices, 2), float32
+    codes : ndarray of shape (n_nuclei,), int64
+    n_clusters : int
     """
     import zarr
     from anndata.io import read_elem
 
-    root = zarr.open_group(str(path), mode="r")
-    outlines = root["uns"]["outlines"]
-    obs = read_elem(root["obs"])
-    return obs, np.asarray(outlines["offsets"][:]), np.asarray(outlines["xy"][:])
+    obs = zarr.open_group(str(path), mode="r")["obs"]
+    if "cluster" not in obs:
+        return np.zeros(obs["nucleus_id"].shape[0], dtype=np.int64), 0
+    cluster = pd.Categorical(read_elem(obs["cluster"]))
+    return cluster.codes.astype(np.int64), len(cluster.categories)
 
 
 def render_results(
@@ -45,25 +45,34 @@ def render_results(
 ) -> np.ndarray:
     """Nuclei of ``store`` drawn over ``region`` of ``slide`` (default all of it).
 
+    Outlines are read and drawn :data:`NUCLEI_PER_READ` nuclei at a time, so
+    memory does not grow with the slide.
+
     Returns
     -------
     ndarray of shape (rows, cols, 3), uint8
         At most :data:`MAX_SIDE` px a side.
     """
-    from .overlay import draw_outlines
+    import zarr
+
+    from .overlay import cluster_palette, draw_outlines
 
     # the region at a scale that fits, read in bounded bands
     x, y, w, h = region if region is not None else (0, 0, *slide.dimensions)
     image, scale = slide.read_overview((x, y, w, h), MAX_SIDE)
 
-    # nuclei, relative to the region's corner
-    obs, offsets, xy = read_table_and_outlines(store)
-    if "cluster" in obs:
-        values = pd.Categorical(obs["cluster"]).codes.astype(np.int64)
-    else:
-        values = np.zeros(len(obs), dtype=np.int64)
-    xy = np.asarray(xy, dtype=np.float32) - np.array([x, y], dtype=np.float32)
-    return draw_outlines(image, offsets, xy, values, scale)
+    # colours, then the outlines block by block, relative to the region's corner
+    values, n_clusters = read_clusters(store)
+    palette = cluster_palette(max(n_clusters, 1))
+    outlines = zarr.open_group(str(store), mode="r")["uns"]["outlines"]
+    corner = np.array([x, y], dtype=np.float32)
+    for start in range(0, len(values), NUCLEI_PER_READ):
+        stop = min(start + NUCLEI_PER_READ, len(values))
+        offsets = np.asarray(outlines["offsets"][start : stop + 1])
+        xy = np.asarray(outlines["xy"][offsets[0] : offsets[-1]], np.float32) - corner
+        block = values[start:stop]
+        image = draw_outlines(image, offsets - offsets[0], xy, block, scale, palette)
+    return image
 
 
 def write_overview(

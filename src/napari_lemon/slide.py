@@ -47,7 +47,7 @@ UNREADABLE = {
 }
 MPP_TOLERANCE = 0.01  # a level counts as fine enough when within 1% of the target
 DASK_TILE = 1024  # dask chunk side for levels not served by zarr directly
-OVERVIEW_BAND_BYTES = 64 << 20  # pixels read at once for a thumbnail or overview
+OVERVIEW_BAND_BYTES = 16 << 20  # pixels read at once for a thumbnail or overview
 
 
 def _supported() -> str:
@@ -303,7 +303,8 @@ class Slide:
         for top in range(0, rows, band):
             location = (x, round(y + top * downsample))
             size = (cols, min(band, rows - top))
-            parts.append(self.read_region(location, level, size)[::stride, ::stride])
+            band_pixels = self.read_region(location, level, size)
+            parts.append(band_pixels[::stride, ::stride].copy())  # not a view: frees it
         return np.concatenate(parts), round(step)
 
     def _check_level(self, level: int) -> None:
