@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("read", "tissue", "segment", "crop", "embed", "write", "cluster")
 ID_STRIDE = 2**20  # nucleus ids per tile
+CLUSTER_CHUNK = 8192  # embeddings per k-means step: 65,536 peaked 0.4 GB higher
 MIN_MARGIN_UM = 20.0  # below this, large nuclei on seams may be lost or doubled
 MASK_MPP = 8.0  # microns per pixel of the tissue mask
 
@@ -423,7 +425,8 @@ def _clusters(store: Any, n_clusters: int, seed: int) -> np.ndarray:
     if store.n_nuclei == 0:
         return np.empty(0, dtype=np.int64)
     n = store.n_nuclei
-    return cluster_kmeans_stream(store.iter_embeddings, n_clusters, seed, n_obs=n)
+    chunks = partial(store.iter_embeddings, CLUSTER_CHUNK)
+    return cluster_kmeans_stream(chunks, n_clusters, seed, n_obs=n)
 
 
 def _run_key(provenance: dict[str, Any]) -> dict[str, Any]:
