@@ -23,7 +23,13 @@ def test_manifest_is_valid_and_names_its_contributions():
     manifest = PluginManifest.from_distribution("napari-lemon")
     contributions = manifest.contributions
 
-    assert [w.display_name for w in contributions.widgets] == ["LEMON nuclei"]
+    assert [w.display_name for w in contributions.widgets] == [
+        "LEMON nuclei",
+        "LEMON cell types",
+        "LEMON clusters",
+        "LEMON morphology map",
+        "LEMON import and export",
+    ]
     assert [s.key for s in contributions.sample_data] == ["cmu1_small_region"]
     patterns = set(contributions.readers[0].filename_patterns)
     assert {"*.svs", "*.tif", "*.ndpi", "*.png", "*.jpg"} <= patterns

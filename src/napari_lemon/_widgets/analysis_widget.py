@@ -376,15 +376,17 @@ class AnalysisWidget(Container):
             self._status.value = "cancelled: Run again to resume"
             show_info(f"LEMON: cancelled; {self._job['out'].name} can be resumed")
             return
+        store = None
         if isinstance(result, tuple):  # a whole slide: (SlideRun, AnnData)
             run, adata = result
-            region, where = None, f"; saved to {run.path}"
+            region, where, store = None, f"; saved to {run.path}", run.path
         else:
             adata, region, where = result.adata, result.region, ""
         if adata.n_obs == 0:
             show_warning(f"No nuclei found in {layer.name!r} (region {region})")
             return
-        self.show_nuclei(adata, layer, mpp, region)
+        points = self.show_nuclei(adata, layer, mpp, region)
+        points.metadata[_results.STORE_PATH_KEY] = store
         self._status.value = f"{adata.n_obs:,} nuclei"
         show_info(f"LEMON: {adata.n_obs:,} nuclei in {layer.name!r}{where}")
 
@@ -472,7 +474,8 @@ class AnalysisWidget(Container):
         slide = _source.slide_path_of(layer) if layer is not None else None
         if slide is None or slide.name != source:
             layer = None  # not the slide they came from: place them in microns
-        self.show_nuclei(adata, layer, float(mpp), name=f"{path.name} nuclei")
+        points = self.show_nuclei(adata, layer, float(mpp), name=f"{path.name} nuclei")
+        points.metadata[_results.STORE_PATH_KEY] = path
         self._status.value = f"{adata.n_obs:,} nuclei from {path.name}"
 
     def _ask_results_path(self) -> str:
@@ -493,12 +496,7 @@ class AnalysisWidget(Container):
     # --------------------------------------------------------------------- save
     def results_layer(self) -> Any:
         """The active nuclei layer, else the most recent one; None if there is none."""
-        active = self._viewer.layers.selection.active
-        candidates = [active] + list(reversed(self._viewer.layers))
-        for layer in candidates:
-            if layer is not None and _results.ADATA_KEY in layer.metadata:
-                return layer
-        return None
+        return _results.current_nuclei_layer(self._viewer)
 
     def save_results(self, path: str | Path | None = None) -> Path | None:
         """Write the results of a nuclei layer to an ``.h5ad`` file.
@@ -523,6 +521,8 @@ class AnalysisWidget(Container):
         except (OSError, ValueError) as err:
             show_error(f"Could not save the results: {err}")
             return None
+        if layer.metadata.get(_results.STORE_PATH_KEY) is None:
+            layer.metadata[_results.STORE_PATH_KEY] = saved  # labels go beside it
         show_info(f"LEMON results saved to {saved}")
         return saved
 
