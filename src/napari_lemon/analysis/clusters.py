@@ -188,4 +188,128 @@ def _even_sample(chunks, n: int, size: int, rng: np.random.Generator) -> np.ndar
     return np.concatenate(parts)
 
 
+# sampled rows above which the pairwise distances are not held at once (400 MB)
+PRECOMPUTED_MAX = 10000
+
+
+def silhouette_hint(
+    embeddings,
+    ks: Iterable[int] = range(2, 13),
+    sample: int = 5000,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[int, float]:
+    """Silhouette score of k-means with each ``k``: a hint for the number of clusters.
+
+    k-means (scikit-learn, 3 initialisations) groups a seeded sample of
+    ``sample`` nuclei into each ``k`` clusters, and the mean silhouette of the
+    sample (scikit-learn's ``silhouette_score``, euclidean) scores the grouping:
+    near 1 for tight, well-separated clusters, near 0 for overlapping ones. The
+    pairwise distances of the sample are computed once and shared by every
+    ``k``. Only the sample is converted to float32, so a float16 store of a
+    whole slide is never copied.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (n_nuclei, dim), float16 or float32
+        One embedding per nucleus (numpy, or an array read lazily by rows).
+    ks : iterable of int
+        Numbers of clusters to score, each >= 2.
+    sample : int
+        Nuclei scored (all of them when there are fewer).
+    seed : int
+        Seed of the sample and of k-means.
+    progress : callable(stage, done, total), optional
+        Called before each ``k`` and once at the end.
+
+    Returns
+    -------
+    dict of int to float
+        Score per ``k`` in ascending ``k``; NaN when k-means found fewer than
+        two distinct clusters (e.g. identical embeddings).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> points = np.repeat(np.eye(3) * 10, 30, axis=0) + rng.normal(size=(90, 3))
+    >>> best_k(silhouette_hint(points, ks=range(2, 6)))
+    3
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    # check the request
+    ks = sorted({int(k) for k in _checked_ks(ks)})
+    shape = tuple(getattr(embeddings, "shape", np.shape(embeddings)))
+    if len(shape) != 2:
+        raise ValueError(f"embeddings have shape {shape}; expected (n_nuclei, dim)")
+    if int(sample) != sample or sample < 1:
+        raise ValueError(f"sample={sample!r} must be a whole number >= 1 of nuclei")
+    n, need = int(shape[0]), ks[-1] + 1
+    if min(n, int(sample)) < need:
+        raise ValueError(
+            f"silhouette of k up to {ks[-1]} needs at least {need} nuclei; "
+            f"{'there are' if n < need else 'sample is'} {min(n, int(sample))}. "
+            "Lower the largest k or score more nuclei"
+        )
+
+    # a seeded sample, converted alone
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(n, int(sample)), replace=False))
+    points = _checked(np.asarray(embeddings[rows]))
+    precomputed = len(points) <= PRECOMPUTED_MAX
+    distances = pairwise_distances(points) if precomputed else points
+    metric = "precomputed" if precomputed else "euclidean"
+
+    # k-means and silhouette per k
+    scores: dict[int, float] = {}
+    for done, k in enumerate(ks):
+        if progress is not None:
+            progress(f"silhouette for k={k}", done, len(ks))
+        labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(points)
+        distinct = len(np.unique(labels))
+        scores[k] = (
+            float(silhouette_score(distances, labels, metric=metric))
+            if 2 <= distinct < len(points)
+            else float("nan")
+        )
+    if progress is not None:
+        progress("silhouette", len(ks), len(ks))
+    logger.debug("silhouette of %d nuclei: %s", len(points), scores)
+    return scores
+
+
+def _checked_ks(ks: Iterable[int]) -> list[int]:
+    """``ks`` as a list, refused when empty or holding anything but whole k >= 2."""
+    ks = list(ks)
+    bad = [k for k in ks if isinstance(k, bool) or int(k) != k or k < 2]
+    if not ks or bad:
+        raise ValueError(
+            f"ks={ks!r} must hold whole numbers of clusters >= 2 (e.g. range(2, 13))"
+        )
+    return ks
+
+
+def best_k(scores: dict[int, float]) -> int:
+    """The ``k`` with the highest silhouette score (the smaller ``k`` on a tie).
+
+    Parameters
+    ----------
+    scores : dict of int to float
+        As returned by :func:`silhouette_hint`; NaN scores are ignored.
+
+    Examples
+    --------
+    >>> best_k({2: 0.21, 3: 0.35, 4: 0.35, 5: float("nan")})
+    3
+    """
+    finite = {int(k): float(v) for k, v in scores.items() if np.isfinite(v)}
+    if not finite:
+        raise ValueError(
+            f"scores={scores!r} hold no finite silhouette score; run "
+            "silhouette_hint on nuclei with distinct embeddings"
+        )
+    return max(sorted(finite), key=lambda k: finite[k])
+
+
 CLUSTERERS: dict[str, Callable[..., np.ndarray]] = {"kmeans": cluster_kmeans}
