@@ -326,3 +326,16 @@ def test_for_results_loads_or_creates_and_warns_on_another_result(tmp_path):
     other = results_identity(make_adata(n=7, source="other.svs"))
     with pytest.warns(UserWarning, match="may belong to other results.*n_obs 5"):
         Annotations.for_results(store, other)
+
+
+def test_label_columns_are_a_categorical_with_nan_and_colours():
+    from napari_lemon.annotations import label_columns
+
+    annotations = two_types()
+    annotations.add_type("stroma")
+    annotations.label([10, 12], "lymphocyte")
+    columns = label_columns(annotations, np.array([10, 11, 12]))
+    labels = columns["obs"]["label"]
+    assert list(labels.categories) == ["tumour", "lymphocyte", "stroma"]
+    assert list(labels.codes) == [1, -1, 1]  # -1: NaN, unlabelled
+    assert columns["uns"]["label_colors"] == [t.colour for t in annotations.types]

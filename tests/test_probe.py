@@ -365,3 +365,28 @@ def test_speed_of_cv_and_of_predicting_a_million_nuclei():
     assert len(index) == 1_000_000
     # targets 1.5 s and 1 s on 2 cores; margin for a busy machine
     assert fit_seconds < 4.5 and predict_seconds < 3
+
+
+def test_prediction_columns_follow_the_results_contract():
+    import pandas as pd
+
+    from napari_lemon.analysis.probe import prediction_columns
+
+    x, labels, names = blobs()
+    probe = fit_probe(x, labels, classes=names, colours=["#111", "#222", "#333"])
+    proba = probe.predict_proba(x)
+    columns = prediction_columns(probe, proba)
+
+    predicted = columns["obs"]["probe_cell_type"]
+    assert isinstance(predicted, pd.Categorical) and list(predicted.categories) == names
+    np.testing.assert_array_equal(predicted.codes, probe.predict(x)[0])
+    np.testing.assert_array_equal(
+        columns["obs"]["probe_cell_type_proba"], proba.max(axis=1)
+    )
+    assert columns["obsm"]["probe_cell_type"] is not None
+    assert columns["uns"] == {
+        "probe_cell_type_colors": ["#111111", "#222222", "#333333"]
+    }
+    assert "probe_v2" in prediction_columns(probe, proba, name="v2")["obsm"]
+    with pytest.raises(ValueError, match=r"proba has shape \(120, 2\); expected"):
+        prediction_columns(probe, proba[:, :2])

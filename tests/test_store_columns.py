@@ -216,3 +216,28 @@ def test_files_without_embeddings_are_not_results(tmp_path):
     with pytest.raises(ValueError, match="plain.h5ad is not napari-lemon results"):
         next(iter_embeddings(path))
     assert read_provenance(path) == (2, {})
+
+
+def test_read_embedding_rows_in_the_order_given(results):
+    from napari_lemon.store_columns import read_embedding_rows
+
+    expected = read_results(results).obsm["X_lemon"]
+    rows = np.array([11, 0, 5, 4, 4])
+    got = read_embedding_rows(results, rows, chunk=4)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected[rows].astype(np.float32))
+    assert read_embedding_rows(results, []).shape == (0, DIM)
+    with pytest.raises(ValueError, match="rows must lie in 0..11"):
+        read_embedding_rows(results, [12])
+
+
+def test_read_obs_columns_without_the_rest(results):
+    from napari_lemon.store_columns import read_obs_columns
+
+    expected = read_results(results).obs
+    got = read_obs_columns(results, ["nucleus_id", "tile_id", "segmenter"])
+    np.testing.assert_array_equal(got["nucleus_id"], expected["nucleus_id"])
+    np.testing.assert_array_equal(got["tile_id"], [0] * 4 + [1] * 3 + [2] * 5)
+    assert list(got["segmenter"]) == ["classical"] * 12
+    with pytest.raises(ValueError, match="has no obs column 'nope'"):
+        read_obs_columns(results, ["nope"])

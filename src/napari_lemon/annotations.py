@@ -462,6 +462,25 @@ def _renamed(action: tuple, old: str, new: str) -> tuple:
     return (action[0], {n: swap(t) for n, t in action[1].items()})
 
 
+def label_columns(annotations: Annotations, nucleus_ids) -> dict[str, dict]:
+    """The labels as result elements: ``obs["label"]`` and ``uns["label_colors"]``.
+
+    Returns
+    -------
+    dict with ``obs`` ``{"label": Categorical}`` (the types as categories, in
+    order; NaN where unlabelled) and ``uns`` ``{"label_colors": [hex, ...]}``, ready
+    for :func:`napari_lemon.store_columns.write_analysis`.
+    """
+    import pandas as pd
+
+    names = annotations.labels_for(nucleus_ids)
+    labels = pd.Categorical(
+        np.where(names == "", None, names), categories=annotations.type_names()
+    )
+    colours = [t.colour for t in annotations.types]
+    return {"obs": {"label": labels}, "uns": {"label_colors": colours}}
+
+
 def annotations_path(store_path: str | Path) -> Path:
     """The annotations file beside a results store.
 

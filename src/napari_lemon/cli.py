@@ -8,6 +8,8 @@ Subcommands::
     lemon segment SLIDE --out labels.tif
     lemon embed SLIDE --points points.csv --out embeddings.h5ad
     lemon demo [--data-dir DIR] [--out DIR]
+    lemon probe train RESULTS --out PROBE.safetensors
+    lemon probe apply PROBE RESULTS [RESULTS ...]
 
 Errors the user can fix (a missing file, an unreadable slide, no pixel size, a
 weights file of another model) print one ``lemon: error: ...`` line and exit with
@@ -366,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mpp_option(embed)
     _add_model_options(embed)
     embed.set_defaults(func=cmd_embed)
+
+    from . import probe_command  # lemon probe train / apply
+
+    probe_command.add_parser(sub)
 
     demo = sub.add_parser("demo", help="analyse the CMU-1 sample slide")
     demo.add_argument("--data-dir", default=None, help="folder holding the sample")

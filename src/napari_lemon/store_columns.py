@@ -134,6 +134,52 @@ def iter_embeddings(
             yield rows if dtype is None else rows.astype(dtype)
 
 
+def read_embedding_rows(path: str | Path, rows, chunk: int = 65536) -> np.ndarray:
+    """The embeddings of the given rows, in the order given, as float32.
+
+    Streams the store once (``chunk`` rows at a time), so memory holds one chunk
+    and the result, never all embeddings.
+
+    Returns
+    -------
+    ndarray of shape (len(rows), dim), float32
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    n_obs, dim = embedding_shape(path)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_obs):
+        raise ValueError(f"rows must lie in 0..{n_obs - 1} for the nuclei of {path}")
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows, start = rows[order], 0
+    for part in iter_embeddings(path, chunk):
+        stop = start + len(part)
+        first, last = np.searchsorted(sorted_rows, [start, stop])
+        out[order[first:last]] = part[sorted_rows[first:last] - start]
+        start = stop
+    return out
+
+
+def read_obs_columns(path: str | Path, names) -> dict[str, np.ndarray]:
+    """Some ``obs`` columns of saved results, without reading the rest.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_obs,)
+        Categoricals as arrays of their values.
+    """
+    from anndata.io import read_elem
+
+    path = _results_path(path)
+    out = {}
+    with _open(path, "r") as root:
+        for name in names:
+            if name not in root["obs"]:
+                raise ValueError(f"{path} has no obs column {name!r}")
+            value = read_elem(root["obs"][name])
+            out[name] = np.asarray(value)
+    return out
+
+
 def embedding_shape(path: str | Path) -> tuple[int, int]:
     """``(n_obs, dim)`` of the embeddings of saved results."""
     path = _results_path(path)

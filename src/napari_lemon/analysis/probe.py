@@ -392,6 +392,45 @@ def _probe_metadata(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
+def prediction_columns(
+    probe: LinearProbe, proba: np.ndarray, name: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The result elements of a probe's predictions, as the results contract names them.
+
+    Parameters
+    ----------
+    probe : LinearProbe
+    proba : ndarray of shape (n, k), float
+        From :meth:`LinearProbe.predict_proba`.
+    name : str or None
+        Names the elements (default ``probe.name``).
+
+    Returns
+    -------
+    dict with ``obs``, ``obsm`` and ``uns`` dicts, ready for
+    :func:`napari_lemon.store_columns.write_analysis`:
+    ``obs["probe_<name>"]`` categorical of class names, ``obs["probe_<name>_proba"]``
+    float32 confidence, ``obsm["probe_<name>"]`` (n, k) float32 probabilities,
+    ``uns["probe_<name>_colors"]`` the class colours (scanpy's convention).
+    """
+    import pandas as pd
+
+    key = f"probe_{name or probe.name}"
+    proba = np.asarray(proba, dtype=np.float32)
+    if proba.ndim != 2 or proba.shape[1] != len(probe.classes):
+        raise ValueError(
+            f"proba has shape {proba.shape}; expected (n, {len(probe.classes)}) for "
+            f"the classes {probe.classes}"
+        )
+    index = proba.argmax(axis=1)
+    classes = pd.Categorical.from_codes(index, categories=list(probe.classes))
+    return {
+        "obs": {key: classes, f"{key}_proba": proba[np.arange(len(proba)), index]},
+        "obsm": {key: proba},
+        "uns": {f"{key}_colors": list(probe.colours)},
+    }
+
+
 # fitting
 
 
@@ -666,10 +705,11 @@ def _splitter(y, groups, classes, n_splits, seed):
             message = f"{n_folds} folds of whole regions"
             return splitter, n_folds, "regions", message
         narrow = [classes[i] for i, s in enumerate(spans) if s < 2]
+        lies, that = ("lies", "that type") if len(narrow) == 1 else ("lie", "them")
         reason = (
-            f"{', '.join(repr(c) for c in narrow)} lies in a single region, so "
+            f"{', '.join(repr(c) for c in narrow)} {lies} in a single region, so "
             "folds split nuclei and the accuracy may be optimistic (neighbours "
-            "look alike); label that type in another region too"
+            f"look alike); label {that} in another region too"
         )
     else:
         reason = "no regions given, so folds split nuclei"

@@ -1,0 +1,195 @@
+"""``lemon probe train`` and ``lemon probe apply`` on stores made here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_lemon.analysis.probe import LinearProbe
+from napari_lemon.annotations import Annotations, annotations_path
+from napari_lemon.cli import main
+from napari_lemon.incremental_store import IncrementalStore
+from napari_lemon.store import build_results, read_results, write_results
+
+DIM = 16
+CLASSES = ["tumour", "immune", "stroma"]
+ENCODER = {"name": "test-vit", "sha256": "ab" * 32, "mpp": 0.25, "crop_size": 40}
+CENTRES = np.random.default_rng(42).normal(scale=2.0, size=(3, DIM))
+
+
+def make_tile(tile_id: int, n: int):
+    """Nuclei of all three kinds; the kind of each is returned as its truth."""
+    rng = np.random.default_rng(tile_id)
+    truth = rng.integers(0, 3, n)
+    obs = pd.DataFrame(
+        {
+            "nucleus_id": tile_id * 10_000 + np.arange(n),
+            "x": tile_id * 2048 + rng.uniform(0, 2048, n),
+            "y": rng.uniform(0, 2048, n),
+            "area_um2": rng.uniform(10, 60, n),
+            "segmenter": "classical",
+            "tile_id": tile_id,
+        }
+    )
+    embeddings = CENTRES[truth] + 0.7 * rng.normal(size=(n, DIM))
+    outlines = [rng.uniform(0, 10, (4, 2)) for _ in range(n)]
+    return obs, embeddings.astype(np.float32), outlines, truth
+
+
+def make_zarr(path, n_tiles=4, n=60, encoder=ENCODER):
+    provenance = {"source": {"name": "slide.svs"}, "mpp": 0.5, "encoder": encoder}
+    truth = []
+    with IncrementalStore.open(
+        path, run_key={"k": 1}, provenance=provenance, embed_dim=DIM
+    ) as store:
+        for tile_id in range(n_tiles):
+            obs, embeddings, outlines, kinds = make_tile(tile_id, n)
+            store.append_tile(tile_id, obs, embeddings, outlines)
+            truth.append(kinds)
+        store.finish(None, {})
+    return path, np.concatenate(truth)
+
+
+def make_h5ad(path, n=200, encoder=ENCODER):
+    obs, embeddings, outlines, truth = make_tile(7, n)
+    obs["tile_id"] = 0
+    provenance = {"source": {"name": "other.svs"}, "mpp": 0.5, "encoder": encoder}
+    adata = build_results(obs, embeddings, outlines, provenance)
+    return write_results(adata, path), truth
+
+
+def brush(store, truth, per_class=12, types=CLASSES, step=5):
+    """Labels of nuclei of each kind from all tiles, saved beside the store."""
+    ids = read_results(store).obs["nucleus_id"].to_numpy()
+    annotations = Annotations(annotations_path(store))
+    for name in types:
+        annotations.add_type(name)
+    for kind, name in enumerate(types):
+        annotations.label(ids[truth == kind][::step][:per_class], name)
+    return annotations
+
+
+def test_train_then_apply_types_every_nucleus(tmp_path, capsys):
+    store, truth = make_zarr(tmp_path / "slide.lemon.zarr")
+    brush(store, truth)
+    probe_path = tmp_path / "cells.safetensors"
+
+    assert main(["probe", "train", str(store), "--out", str(probe_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cross-validation (tiles): 4 folds of whole regions" in out
+    assert "balanced accuracy 1.00" in out
+    assert "confusion (rows: labelled as" in out and "immune" in out
+    assert f"of 36 labels (tumour 12, immune 12, stroma 12) -> {probe_path}" in out
+    probe = LinearProbe.load(probe_path)
+    assert probe.classes == CLASSES and probe.encoder_sha256 == ENCODER["sha256"]
+    assert probe.mpp == 0.25 and probe.metrics["grouping"] == "regions"
+
+    assert main(["probe", "apply", str(probe_path), str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "240 nuclei typed (" in out and "obs['probe_cell_type']" in out
+    adata = read_results(store)
+    predicted = adata.obs["probe_cell_type"]
+    assert list(predicted.cat.categories) == CLASSES
+    assert (predicted.cat.codes.to_numpy() == truth).mean() > 0.95
+    assert adata.obsm["probe_cell_type"].shape == (240, 3)
+    assert adata.obs["probe_cell_type_proba"].min() >= 1 / 3
+    assert list(adata.uns["probe_cell_type_colors"]) == probe.colours
+
+
+def test_train_on_one_tile_uses_spatial_blocks(tmp_path, capsys):
+    results, truth = make_h5ad(tmp_path / "region.h5ad")
+    brush(results, truth, per_class=15)
+    out_path = tmp_path / "p.safetensors"
+    args = ["probe", "train", str(results), "--out", str(out_path)]
+    assert main([*args, "--name", "kind", "--block-um", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "cross-validation (512 um blocks)" in out
+    assert LinearProbe.load(out_path).name == "kind"
+
+
+def test_apply_to_several_results_skips_the_mismatched_one(tmp_path, capsys):
+    store, truth = make_zarr(tmp_path / "a.zarr")
+    brush(store, truth)
+    probe_path = tmp_path / "cells.safetensors"
+    assert main(["probe", "train", str(store), "--out", str(probe_path)]) == 0
+    other = {**ENCODER, "sha256": "cd" * 32, "name": "other-vit"}
+    mismatched, _ = make_h5ad(tmp_path / "b.h5ad", encoder=other)
+    good, h5_truth = make_h5ad(tmp_path / "c.h5ad")
+    capsys.readouterr()
+
+    status = main(["probe", "apply", str(probe_path), str(mismatched), str(good)])
+    assert status == 2
+    captured = capsys.readouterr()
+    assert f"{probe_path} does not suit {mismatched}" in captured.err
+    assert "'test-vit'" in captured.err and "'other-vit'" in captured.err
+    assert "retrain the probe on these results" in captured.err
+    assert "1 of 2 results not typed" in captured.err
+    assert f"{mismatched}: skipped" in captured.out
+    assert f"{good}: 200 nuclei typed" in captured.out
+    assert "probe_cell_type" not in read_results(mismatched).obs
+    typed = read_results(good).obs["probe_cell_type"].cat.codes.to_numpy()
+    assert (typed == h5_truth).mean() > 0.95
+
+
+def test_apply_with_another_name_and_to_another_scale(tmp_path, capsys):
+    store, truth = make_zarr(tmp_path / "a.zarr")
+    brush(store, truth)
+    probe_path = tmp_path / "cells.safetensors"
+    assert main(["probe", "train", str(store), "--out", str(probe_path)]) == 0
+
+    assert main(["probe", "apply", str(probe_path), str(store), "--name", "v2"]) == 0
+    assert "probe_v2" in read_results(store).obs
+    coarse, _ = make_h5ad(tmp_path / "coarse.h5ad", encoder={**ENCODER, "mpp": 0.5})
+    assert main(["probe", "apply", str(probe_path), str(coarse)]) == 2
+    assert "0.25 um/px but" in capsys.readouterr().err
+
+
+def test_train_says_why_it_cannot(tmp_path, capsys):
+    store, truth = make_zarr(tmp_path / "a.zarr", n_tiles=2)
+    out = str(tmp_path / "p.safetensors")
+
+    assert main(["probe", "train", str(store), "--out", out]) == 2
+    assert "a.annotations.json does not exist" in capsys.readouterr().err
+
+    annotations = brush(store, truth, types=["tumour", "immune"], step=1)
+    annotations.remove_type("immune")
+    assert main(["probe", "train", str(store), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "needs labels of at least two types; 'tumour' has 12, it is the" in err
+    assert "waits until a second type is labelled" in err
+
+    foreign = Annotations(tmp_path / "foreign.json")
+    foreign.add_type("tumour")
+    foreign.label([999_999], "tumour")
+    args = ["probe", "train", str(store), "--annotations", str(foreign.path)]
+    assert main([*args, "--out", out]) == 2
+    assert "labels 1 nuclei but none of them is among" in capsys.readouterr().err
+
+    assert main(["probe", "train", str(store), "--out", "p.pt"]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err
+    assert main(["probe", "train", str(store), "--out", out, "--name", "a b"]) == 2
+    assert "letters, digits and underscores" in capsys.readouterr().err
+
+
+def test_apply_reports_unreadable_probes_and_results(tmp_path, capsys):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"junk")
+    assert main(["probe", "apply", str(junk), str(tmp_path / "x.zarr")]) == 2
+    assert "is not a safetensors file" in capsys.readouterr().err
+
+    store, truth = make_zarr(tmp_path / "a.zarr", n_tiles=2)
+    brush(store, truth)
+    probe_path = tmp_path / "cells.safetensors"
+    assert main(["probe", "train", str(store), "--out", str(probe_path)]) == 0
+    missing = tmp_path / "missing.h5ad"
+    assert main(["probe", "apply", str(probe_path), str(missing), str(store)]) == 2
+    captured = capsys.readouterr()
+    assert "missing.h5ad does not exist" in captured.err
+    assert "a.zarr: 120 nuclei typed" in captured.out
+
+
+def test_probe_needs_an_action(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe"])
+    assert "ACTION" in capsys.readouterr().err
