@@ -49,6 +49,7 @@ def synthetic_results(n=20, seed=0, outlines=None, probe=True, dim=16):
     provenance = {"mpp": MPP, "source": {"name": "slide.svs", "sha256": "ab12"}}
     embeddings = rng.normal(size=(n, dim)).astype(np.float16)
     adata = build_results(obs, embeddings, outlines, provenance)
+    adata.obsm["X_lemon"] = embeddings  # float16, as a whole-slide store keeps them
     adata.obs["cluster"] = pd.Categorical(rng.integers(0, 3, n), categories=[0, 1, 2])
     if probe:
         proba = rng.dirichlet([1, 1], n).astype(np.float32)
@@ -216,19 +217,24 @@ def test_bad_outlines_are_repaired_or_skipped_and_counted(tmp_path):
     bowtie = np.array([[0, 0], [10, 10], [10, 0], [0, 10]], float) + 900
     line = np.array([[0, 0], [5, 5], [10, 10]], float) + 1200
     two = np.array([[0, 0], [5, 5]], float) + 1500
-    adata = synthetic_results(5, outlines=[good, spike, bowtie, line, two])
+    # a square crossing itself in a small loop at its left edge (area 9 of 10,009)
+    loop = np.array([[0, 0], [100, 0], [100, 100], [0, 100], [0, 5], [-3, 2], [-3, 8]])
+    loop = np.vstack([loop, [[0, 5.5]]]) + 2000
+    outlines = [good, spike, bowtie, line, two, loop]
+    adata = synthetic_results(6, outlines=outlines)
 
-    with pytest.warns(UserWarning, match=r"3 of 5 nuclei left out") as record:
+    with pytest.warns(UserWarning, match=r"3 of 6 nuclei left out") as record:
         features = read_features(export_geojson(adata, tmp_path / "n.geojson"))
 
     message = str(record[0].message)
     assert "fewer than 3 vertices: 1" in message
     assert "no area (degenerate): 1" in message
-    assert "self-intersecting, not one polygon when repaired: 1" in message
+    assert "self-intersecting, no dominant part when repaired: 1" in message
     ids = [f["properties"]["measurements"]["LEMON nucleus id"] for f in features]
-    assert ids == [100, 101]
-    repaired = shapely.Polygon(features[1]["geometry"]["coordinates"][0])
-    assert repaired.is_valid and repaired.area == pytest.approx(100)
+    assert ids == [100, 101, 105]
+    repaired = [shapely.Polygon(f["geometry"]["coordinates"][0]) for f in features]
+    assert repaired[1].is_valid and repaired[1].area == pytest.approx(100)
+    assert repaired[2].is_valid and repaired[2].area == pytest.approx(100 * 100)
 
 
 @pytest.mark.parametrize(

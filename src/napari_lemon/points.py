@@ -1,19 +1,27 @@
 """Embeddings of nuclei at given positions, without segmentation (``lemon embed``).
 
 For centroids that come from elsewhere: another segmenter, annotations, a cell
-detector. The result has the same layout as :func:`napari_lemon.pipeline.analyze`'s,
-with ``segmenter = "points"``.
+detector, outlines imported from QuPath or HoVer-Net
+(:mod:`napari_lemon.export.importers`). The result has the same layout as
+:func:`napari_lemon.pipeline.analyze`'s, with ``segmenter = "points"`` (or the
+name the caller gives), and the outlines and their areas when given.
+
+Nuclei given for a whole slide can be many and scattered, so they are embedded
+``EMBED_CHUNK`` at a time (the crops of one chunk are all that is held), and each
+slide read covers one block of ``BLOCK_UM`` microns at most: the nuclei of a
+chunk are taken block by block, so a few nuclei far apart never make one read
+span the slide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .pipeline import crop_steps, embed_steps, load_or_use, run_steps
+from .pipeline import CROP_CHUNK, embed_steps, load_or_use, run_steps
 from .store import build_results, empty_obs, make_provenance
 
 if TYPE_CHECKING:
@@ -21,6 +29,9 @@ if TYPE_CHECKING:
 
     from .encoder import Encoder
     from .slide import Slide
+
+EMBED_CHUNK = 16384  # nuclei cropped, then embedded, at once: ~80 MB of crops
+BLOCK_UM = 512.0  # side of the slide square one read may cover (+ a crop margin)
 
 
 def _check_points(slide: Slide, points_xy: np.ndarray) -> np.ndarray:
@@ -52,6 +63,9 @@ def embed_points(
     extra_obs: pd.DataFrame | None = None,
     batch_size: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    outlines: Sequence[np.ndarray] | None = None,
+    segmenter: str = "points",
+    segmenter_params: dict | None = None,
 ) -> AnnData:
     """Embeddings of nuclei at given positions (no segmentation).
 
@@ -68,32 +82,122 @@ def embed_points(
     batch_size : int, optional
         Crops per forward pass; default the encoder's choice for its device.
     progress : callable, optional
-        ``progress(stage, done, total)`` for the ``crop`` and ``embed`` steps.
+        ``progress("embed", done, total)``: nuclei cropped and embedded so far.
+    outlines : list of ndarray of shape (k, 2), optional
+        One polygon per point, level-0 ``(x, y)`` px; stored as the outlines,
+        and ``area_um2`` is its area. Default: no outlines, ``area_um2`` NaN.
+    segmenter, segmenter_params
+        What found the nuclei, for ``obs["segmenter"]`` and the provenance.
 
     Returns
     -------
     AnnData
-        The results layout with ``segmenter = "points"``, ``area_um2`` NaN and
-        empty outlines.
+        The results layout, ``nucleus_id`` = the row of ``points_xy``.
     """
     from .slide import require_mpp
 
     # inputs
     mpp = require_mpp(slide)
     points = _check_points(slide, points_xy)
-    obs = _points_obs(points, extra_obs)
+    outlines = _check_outlines(outlines, len(points))
+    obs = _points_obs(points, extra_obs, segmenter)
+    obs["area_um2"] = outline_areas_px(outlines) * mpp**2
     encoder = load_or_use(encoder, model, device)
 
-    # crops, embeddings, table
+    # crops and embeddings, a chunk of nearby nuclei at a time
     card = encoder.card
-    crops = run_steps(crop_steps(slide, points, card.mpp, card.crop_size), progress)
-    embeddings = run_steps(embed_steps(encoder, crops, batch_size), progress)
-    outlines = [np.empty((0, 2))] * len(points)
-    provenance = make_provenance(slide.path, mpp, None, "points", None, card)
+    embeddings = np.empty((len(points), encoder.embed_dim), dtype=np.float32)
+    order = _block_order(points, BLOCK_UM / mpp)
+    for start in range(0, len(points), EMBED_CHUNK):
+        chunk = order[start : start + EMBED_CHUNK]
+        crops = _crops(slide, points[chunk], card.mpp, card.crop_size, BLOCK_UM / mpp)
+        steps = embed_steps(encoder, crops, batch_size)
+        report = _offset_progress(progress, start, len(points))
+        embeddings[chunk] = run_steps(steps, report)
+
+    provenance = make_provenance(
+        slide.path, mpp, None, segmenter, segmenter_params, card
+    )
     return build_results(obs, embeddings, outlines, provenance)
 
 
-def _points_obs(points: np.ndarray, extra_obs: pd.DataFrame | None) -> pd.DataFrame:
+def _check_outlines(outlines: Sequence[np.ndarray] | None, n: int) -> list[np.ndarray]:
+    """One ``(k, 2)`` float array per point (empty ones when none are given)."""
+    if outlines is None:
+        return [np.empty((0, 2))] * n
+    if len(outlines) != n:
+        raise ValueError(
+            f"outlines has {len(outlines)} polygons for {n} points; give one (k, 2) "
+            "array of level-0 (x, y) per point"
+        )
+    return [np.asarray(o, dtype=np.float64).reshape(-1, 2) for o in outlines]
+
+
+def outline_areas_px(outlines: Sequence[np.ndarray]) -> np.ndarray:
+    """Areas of polygons (shoelace formula), NaN for fewer than 3 vertices.
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+        In square pixels of the coordinates.
+    """
+    counts = np.array([len(o) for o in outlines], dtype=np.int64)
+    if counts.sum() == 0:
+        return np.full(len(counts), np.nan)
+    xy = np.concatenate([np.asarray(o, np.float64).reshape(-1, 2) for o in outlines])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+    # the next vertex of each, wrapping to the first of its ring
+    following = np.arange(1, len(xy) + 1)
+    filled = counts > 0
+    following[(starts + counts - 1)[filled]] = starts[filled]
+    x, y = xy[:, 0], xy[:, 1]
+    cross = x * y[following] - x[following] * y
+
+    rows = np.repeat(np.arange(len(counts)), counts)
+    area = np.abs(np.bincount(rows, cross, minlength=len(counts))) / 2
+    return np.where(counts >= 3, area, np.nan)
+
+
+def _block_order(points: np.ndarray, block_px: float) -> np.ndarray:
+    """Row order visiting the points block by block, blocks in row-major order."""
+    block = np.floor(points / block_px).astype(np.int64)
+    return np.lexsort((points[:, 0], points[:, 1], block[:, 0], block[:, 1]))
+
+
+def _crops(
+    slide: Slide, points: np.ndarray, mpp: float, size: int, block_px: float
+) -> np.ndarray:
+    """Crops of ``points`` (in block order), one slide read per block piece."""
+    from .crops import crop_nuclei_from_slide
+
+    crops = np.empty((len(points), size, size, 3), dtype=np.uint8)
+    block = np.floor(points / block_px).astype(np.int64)
+    new_block = np.flatnonzero((np.diff(block, axis=0) != 0).any(axis=1)) + 1
+    bounds = np.concatenate([[0], new_block, [len(points)]])
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        for start in range(first, last, CROP_CHUNK):
+            piece = slice(start, min(start + CROP_CHUNK, last))
+            crops[piece] = crop_nuclei_from_slide(slide, points[piece], mpp, size)
+    return crops
+
+
+def _offset_progress(
+    progress: Callable[[str, int, int], None] | None, done: int, total: int
+) -> Callable[[str, int, int], None] | None:
+    """A progress callback for one chunk that reports over all nuclei."""
+    if progress is None:
+        return None
+
+    def report(stage: str, chunk_done: int, chunk_total: int) -> None:
+        progress("embed", done + chunk_done, total)
+
+    return report
+
+
+def _points_obs(
+    points: np.ndarray, extra_obs: pd.DataFrame | None, segmenter: str = "points"
+) -> pd.DataFrame:
     """The ``obs`` table of given points, with the caller's extra columns."""
     obs = pd.DataFrame(
         {
@@ -101,7 +205,7 @@ def _points_obs(points: np.ndarray, extra_obs: pd.DataFrame | None) -> pd.DataFr
             "x": points[:, 0],
             "y": points[:, 1],
             "area_um2": np.nan,
-            "segmenter": "points",
+            "segmenter": segmenter,
             "tile_id": 0,
         }
     )

@@ -8,10 +8,13 @@ of nuclei costs seconds, not a Python loop per vertex.
 
 A polygon that shapely finds invalid is repaired with
 ``shapely.make_valid(method="structure")`` (collapsed spikes dropped) when that
-gives one polygon with an area; otherwise it is skipped, and every skip is
-counted by its reason. Exteriors come out counter-clockwise in the ``(x, y)``
-axes as given (the GeoJSON right-hand rule); on an image, whose ``y`` points
-down, that ring looks clockwise.
+gives one polygon with an area. When it gives several, the largest is kept if it
+holds 90% of their area: hand-drawn outlines often cross themselves in a tiny
+loop (11% of MoNuSeg's 11,646 outlines, where the largest part holds a median
+99.96%). Otherwise the outline is skipped, and every skip is counted by reason.
+Exteriors come out counter-clockwise in the ``(x, y)`` axes as given (the
+GeoJSON right-hand rule); on an image, whose ``y`` points down, that ring looks
+clockwise.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import numpy as np
 FEW_VERTICES = "fewer than 3 vertices"
 NOT_FINITE = "coordinates not finite"
 NO_AREA = "no area (degenerate)"
-SEVERAL_PARTS = "self-intersecting, not one polygon when repaired"
+SEVERAL_PARTS = "self-intersecting, no dominant part when repaired"
 POLYGON_TYPE = 3  # shapely.get_type_id of a Polygon
+DOMINANT_PART = 0.9  # a repair into parts keeps the largest if it has this share
 
 
 def pack(rings: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -121,17 +125,42 @@ def _repaired(polygons: np.ndarray, skipped: Counter) -> np.ndarray:
         fixed = shapely.make_valid(
             polygons[bad], method="structure", keep_collapsed=False
         )
-        single = shapely.get_type_id(fixed) == POLYGON_TYPE
-        empty = shapely.is_empty(fixed) | (shapely.area(fixed) <= 0)
-        out[bad] = np.where(single & ~empty, fixed, None)
-        skipped[NO_AREA] += int(empty.sum())
-        skipped[SEVERAL_PARTS] += int((~single & ~empty).sum())
+        fixed = np.where(shapely.get_type_id(fixed) == POLYGON_TYPE, fixed, None)
+        several = np.flatnonzero(fixed == None)  # noqa: E711
+        fixed[several] = _dominant_parts(
+            shapely.make_valid(polygons[bad[several]], method="structure")
+        )
+        out[bad] = fixed
+        skipped[SEVERAL_PARTS] += int((fixed == None).sum())  # noqa: E711
 
-    # valid but flat (shapely calls a zero-area ring valid only rarely)
-    flat = np.flatnonzero(out != None)  # noqa: E711
-    flat = flat[shapely.area(out[flat].astype(object)) <= 0]
+    # no area: collinear rings, or repaired to nothing
+    kept = np.flatnonzero(out != None)  # noqa: E711
+    flat = kept[shapely.area(out[kept].astype(object)) <= 0]
     out[flat] = None
     skipped[NO_AREA] += len(flat)
+    return out
+
+
+def _dominant_parts(geometries: np.ndarray) -> np.ndarray:
+    """The largest polygon of each geometry when it holds ``DOMINANT_PART`` of the
+    area (a repaired outline with a tiny loop or sliver), else None."""
+    import shapely
+
+    out = np.full(len(geometries), None, dtype=object)
+    parts, owner = shapely.get_parts(geometries, return_index=True)
+    polygon = shapely.get_type_id(parts) == POLYGON_TYPE
+    parts, owner = parts[polygon], owner[polygon]
+    if len(parts) == 0:
+        return out
+
+    # the largest part of each owner, and its share of the owner's area
+    area = shapely.area(parts)
+    total = np.bincount(owner, area, minlength=len(geometries))
+    order = np.lexsort((-area, owner))
+    first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+    share = area[first] / np.maximum(total[owner[first]], 1e-300)
+    chosen = first[(share >= DOMINANT_PART) & (area[first] > 0)]
+    out[owner[chosen]] = parts[chosen]
     return out
 
 

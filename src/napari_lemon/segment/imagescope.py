@@ -1,14 +1,16 @@
 """Read Aperio ImageScope XML annotations: one polygon per ``Region``.
 
 Used for MoNuSeg ground truth and to import outlines drawn in ImageScope.
-Vertices are pixels with ``X`` = column and ``Y`` = row.
+Vertices are pixels with ``X`` = column and ``Y`` = row. Each ``Annotation`` (a
+layer) has a ``Name`` and a ``LineColor`` (a Windows COLORREF, ``0x00BBGGRR``);
+a region's class is its ``Text`` when set, else its layer's name.
 """
 
 from __future__ import annotations
 
 import warnings
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +27,26 @@ class ImageScopeAnnotations:
     mpp : float or None
         ``MicronsPerPixel`` of the root element, when recorded.
     skipped : int
-        Regions with fewer than three vertices, left out.
+        Regions with fewer than three vertices (or unreadable ones), left out.
+    names : list of str
+        The class of each polygon (``""`` when its region and layer are unnamed).
+    colours : dict
+        Class name -> ``#rrggbb``, from the layers' ``LineColor``.
     """
 
     polygons: list[np.ndarray]
     mpp: float | None
     skipped: int
+    names: list[str] = field(default_factory=list)
+    colours: dict[str, str] = field(default_factory=dict)
 
 
-def read_imagescope_xml(path: str | Path) -> ImageScopeAnnotations:
-    """Parse an ImageScope XML file into polygons.
+def read_imagescope_xml(path: str | Path, warn: bool = True) -> ImageScopeAnnotations:
+    """Parse an ImageScope XML file into polygons and their classes.
 
-    Regions with fewer than three vertices cannot outline a nucleus: they are
-    skipped, counted and reported with a warning.
+    Regions with fewer than three vertices (or vertices that are not numbers)
+    cannot outline a nucleus: they are skipped, counted and, with ``warn``,
+    reported with a warning.
     """
     path = Path(path)
     try:
@@ -47,25 +56,53 @@ def read_imagescope_xml(path: str | Path) -> ImageScopeAnnotations:
             f"{path} is not a readable ImageScope XML file: {err}"
         ) from err
 
-    polygons, skipped = [], 0
+    layer_of = {r: a for a in root.iter("Annotation") for r in a.iter("Region")}
+    polygons, names, colours, skipped = [], [], {}, 0
     for region in root.iter("Region"):
-        vertices = [
-            (float(v.get("X", "nan")), float(v.get("Y", "nan")))
-            for v in region.iter("Vertex")
-        ]
-        points = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+        points = _vertices(region)
         if len(points) < 3 or not np.isfinite(points).all():
             skipped += 1
             continue
+        layer = layer_of.get(region, ET.Element("Annotation"))
+        name = (region.get("Text") or "").strip() or (layer.get("Name") or "").strip()
         polygons.append(points)
+        names.append(name)
+        if name and name not in colours:
+            colours[name] = _colorref_hex(layer.get("LineColor"))
 
-    if skipped:
+    if skipped and warn:
         warnings.warn(
             f"{path.name}: skipped {skipped} regions with fewer than 3 vertices",
             stacklevel=2,
         )
     mpp = root.get("MicronsPerPixel")
-    return ImageScopeAnnotations(polygons, float(mpp) if mpp else None, skipped)
+    colours = {k: v for k, v in colours.items() if v is not None}
+    return ImageScopeAnnotations(
+        polygons, float(mpp) if mpp else None, skipped, names, colours
+    )
+
+
+def _vertices(region: ET.Element) -> np.ndarray:
+    """The ``(x, y)`` vertices of a region, NaN where a value is not a number."""
+
+    def number(text: str | None) -> float:
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    vertices = [(number(v.get("X")), number(v.get("Y"))) for v in region.iter("Vertex")]
+    return np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+
+
+def _colorref_hex(value: str | None) -> str | None:
+    """A Windows COLORREF (``0x00BBGGRR`` as decimal text) as ``#rrggbb``."""
+    try:
+        colorref = int(value)
+    except (TypeError, ValueError):
+        return None
+    red, green, blue = colorref & 255, (colorref >> 8) & 255, (colorref >> 16) & 255
+    return f"#{red:02x}{green:02x}{blue:02x}"
 
 
 def polygon_centroids(polygons: list[np.ndarray]) -> np.ndarray:
