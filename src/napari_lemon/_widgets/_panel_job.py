@@ -80,7 +80,8 @@ class PanelJob:
         """Run the generator function ``job(*args, **kwargs)`` in a worker.
 
         ``on_result`` receives its return value in the main thread; ``on_error``
-        (after the notification) the exception it raised.
+        (after the notification) the exception it raised. The job counts as
+        ended when they are called, so they may start the next one.
 
         Returns
         -------
@@ -93,9 +94,11 @@ class PanelJob:
         worker = make(job, *args, **kwargs)
         worker.warned.connect(lambda args: notification_manager.receive_warning(*args))
         worker.yielded.connect(self._on_step)
-        worker.returned.connect(on_result)
-        worker.errored.connect(lambda err: self._on_error(err, on_error))
-        worker.finished.connect(self._on_finished)
+        worker.returned.connect(
+            lambda result: self._on_returned(worker, result, on_result)
+        )
+        worker.errored.connect(lambda err: self._on_error(worker, err, on_error))
+        worker.finished.connect(lambda: self._end(worker))
         self.worker = worker
         self._bar = progress(total=0, desc=f"{self.what}: starting")
         if self._on_running is not None:
@@ -127,9 +130,16 @@ class PanelJob:
         bar.n = done
         bar.update(0)
 
-    def _on_error(
-        self, err: Exception, on_error: Callable[[Exception], None] | None
+    def _on_returned(
+        self, worker: Any, result: Any, on_result: Callable[[Any], None]
     ) -> None:
+        self._end(worker)
+        on_result(result)
+
+    def _on_error(
+        self, worker: Any, err: Exception, on_error: Callable[[Exception], None] | None
+    ) -> None:
+        self._end(worker)
         logger.debug("%s failed", self.what, exc_info=err)
         if isinstance(err, USER_ERRORS):
             show_error(f"{self.what} failed: {err}")
@@ -138,7 +148,10 @@ class PanelJob:
         if on_error is not None:
             on_error(err)
 
-    def _on_finished(self) -> None:
+    def _end(self, worker: Any) -> None:
+        """Close the progress of ``worker`` unless a later job has started."""
+        if worker is not self.worker:
+            return
         if self._bar is not None:
             self._bar.close()
             self._bar = None
