@@ -174,8 +174,15 @@ class Brush:
         self.set_enabled(False)
 
     def _on_active(self, _event: Any = None) -> None:
+        from qtpy.QtCore import QTimer
+
+        # NOTE: layers added by panels (rings, previews) are active for a moment
+        # and hand the selection back; look once the event loop has run
+        QTimer.singleShot(0, self._check_active)
+
+    def _check_active(self) -> None:
         active = self._viewer.layers.selection.active
-        if active is not self.layer and active is not self._preview:
+        if self._enabled and active is not self.layer:
             self.set_enabled(False)
 
     def _set_cursor(self) -> None:

@@ -29,7 +29,8 @@ Design
   numpy take, and hands napari that array. NOTE: napari's own colour cycle on a
   features column maps value by value in Python (2 s per 1,000,000 nuclei, 10 s
   when the column is new to the cycle), so the mapping is done here; the column
-  and palette are kept in ``metadata["lemon_colour"]``. Only one of the layer's
+  and palette are kept in ``metadata["lemon_colour"]``. An optional opacity per
+  nucleus (a probe's confidence) multiplies the colours' alpha. Only one of the layer's
   two face-colour events is let through, so a shown layer uploads its points
   once; a hidden layer uploads nothing (napari would still send every point to
   the canvas, 0.5 s per 1,000,000) and is re-sent whole when shown again. The
@@ -65,6 +66,7 @@ REFRESH_MS = 150
 COLOUR_KEY = "lemon_colour"
 MISSING_RGBA = (0.6, 0.6, 0.6, 0.5)  # nuclei with no value in the column
 MIN_STEP_PX = 0.25  # finest outline raster: 4 pixels per level-0 pixel
+MIN_CONFIDENCE_ALPHA = 0.2  # opacity of a nucleus whose prediction is a guess
 
 _DISPLAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -146,7 +148,37 @@ def column_colours(column: pd.Series, palette: Any = None) -> np.ndarray:
     return colours.astype(np.float32)
 
 
-def recolour(layer: Points, column: str, palette: Any = None) -> None:
+def confidence_alpha(
+    confidence: np.ndarray, n_classes: int, floor: float = MIN_CONFIDENCE_ALPHA
+) -> np.ndarray:
+    """Opacity from a classifier's confidence: ``floor`` at chance, 1 when sure.
+
+    Parameters
+    ----------
+    confidence : ndarray of shape (n,), float
+        The largest class probability of each nucleus, ``1 / n_classes`` .. 1.
+    n_classes : int
+        Classes the probabilities are over (chance is ``1 / n_classes``).
+    floor : float
+        Opacity of a nucleus at chance level, so that none vanishes.
+
+    Returns
+    -------
+    ndarray of shape (n,), float32 in ``floor`` .. 1
+    """
+    if n_classes < 1:
+        raise ValueError(f"n_classes={n_classes!r}: give at least 1")
+    chance = 1.0 / n_classes
+    confidence = np.asarray(confidence, dtype=np.float32)
+    sure = (confidence - chance) / max(1.0 - chance, 1e-6)
+    return (floor + (1.0 - floor) * np.clip(np.nan_to_num(sure), 0, 1)).astype(
+        np.float32
+    )
+
+
+def recolour(
+    layer: Points, column: str, palette: Any = None, alpha: Any = None
+) -> None:
     """Colour the nuclei of ``layer`` by a features column; the data stay as they are.
 
     Parameters
@@ -158,6 +190,10 @@ def recolour(layer: Points, column: str, palette: Any = None) -> None:
         numeric column such as ``probe_<name>_proba`` or ``area_um2``.
     palette : optional
         See :func:`column_colours`.
+    alpha : str or array-like, optional
+        Opacity of each nucleus, 0..1, multiplying its colour's: a numeric
+        features column or an array of shape (n_nuclei,) (e.g. a probe's
+        confidence through :func:`confidence_alpha`). None: opaque colours.
     """
     if column not in layer.features:
         raise ValueError(
@@ -165,11 +201,36 @@ def recolour(layer: Points, column: str, palette: Any = None) -> None:
             f"one of {list(layer.features.columns)}"
         )
     colours = column_colours(layer.features[column], palette)
+    if alpha is not None:
+        colours[:, 3] *= _alpha_values(layer, alpha)
     _set_face_colours(layer, colours)
-    layer.metadata[COLOUR_KEY] = {"column": column, "palette": palette}
+    layer.metadata[COLOUR_KEY] = {
+        "column": column,
+        "palette": palette,
+        "alpha": alpha if isinstance(alpha, str) or alpha is None else "values",
+    }
     display = _DISPLAYS.get(layer)
     if display is not None:
         display.refresh()
+
+
+def _alpha_values(layer: Points, alpha: Any) -> np.ndarray:
+    """``alpha`` (a features column or an array) as float32 (n_nuclei,) in 0..1."""
+    n = len(layer.data)
+    if isinstance(alpha, str):
+        if alpha not in layer.features:
+            raise ValueError(
+                f"alpha={alpha!r} is not a feature of layer {layer.name!r}; give a "
+                "numeric column or an array of one opacity per nucleus"
+            )
+        alpha = layer.features[alpha].to_numpy(dtype=np.float32)
+    values = np.asarray(alpha, dtype=np.float32)
+    if values.shape != (n,):
+        raise ValueError(
+            f"alpha of shape {values.shape} for layer {layer.name!r}: give one "
+            f"opacity per nucleus, shape ({n},)"
+        )
+    return np.clip(np.nan_to_num(values, nan=1.0), 0.0, 1.0)
 
 
 def _set_face_colours(layer: Points, colours: np.ndarray) -> None:
