@@ -7,6 +7,10 @@ Subcommands::
                                        DIR/<stem>.overlay.png, DIR/summary.csv
     lemon segment SLIDE --out labels.tif
     lemon embed SLIDE --points points.csv --out embeddings.h5ad
+    lemon embed SLIDE --nuclei outlines.geojson --out embeddings.h5ad
+                                       outlines from QuPath, ImageScope, HoVer-Net,
+                                       CellViT instead of segmenting
+    lemon export RESULTS --format geojson|h5ad|csv --out FILE
     lemon demo [--data-dir DIR] [--out DIR]
     lemon probe train RESULTS --out PROBE.safetensors
     lemon probe apply PROBE RESULTS [RESULTS ...]
@@ -212,11 +216,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .slide import open_slide, require_mpp
     from .store import write_results
 
+    if args.nuclei is not None:
+        from .export_command import cmd_embed_nuclei
+
+        return cmd_embed_nuclei(args)
+
     start = time.perf_counter()
     points, extra = read_points_csv(args.points)
     with open_slide(args.input, mpp=args.mpp) as slide, StageBars() as bars:
         require_mpp(slide)
-        encoder = load_encoder(args.model, args.device)
+        encoder = load_encoder(args.model, args.device, args.precision)
         adata = embed_points(
             slide,
             points,
@@ -328,7 +337,7 @@ def _add_mpp_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lemon`` argument parser with its subcommands."""
-    from . import analyze_command
+    from . import analyze_command, export_command
 
     parser = argparse.ArgumentParser(
         prog="lemon", description="Find, embed and cluster nuclei in H&E slides."
@@ -363,11 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = sub.add_parser("embed", help="embed nuclei at given positions")
     embed.add_argument("input", metavar="IMAGE", help="slide or image file")
-    embed.add_argument("--points", required=True, help="CSV with columns x, y")
+    given = embed.add_mutually_exclusive_group(required=True)
+    given.add_argument("--points", help="CSV with columns x, y")
+    given.add_argument(
+        "--nuclei",
+        metavar="FILE",
+        help="outlines to embed instead of segmenting: QuPath GeoJSON, ImageScope "
+        "XML, HoVer-Net or CellViT JSON (level-0 px); their classes become labels",
+    )
     embed.add_argument("--out", required=True, help=".h5ad file to write")
     _add_mpp_option(embed)
     _add_model_options(embed)
     embed.set_defaults(func=cmd_embed)
+
+    export_command.add_parser(sub)
 
     from . import probe_command  # lemon probe train / apply
 

@@ -79,10 +79,10 @@ class Labels:
 def labels_of(adata: AnnData, annotations: Annotations | None = None) -> Labels | None:
     """The labels to export: from ``annotations``, else ``obs["label"]``, else None."""
     if annotations is not None:
-        names = annotations.type_names()
-        found = annotations.labels_for(adata.obs["nucleus_id"].to_numpy())
-        values = pd.Categorical(np.where(found == "", None, found), categories=names)
-        return Labels(values, [annotations.colour_of(n) for n in names])
+        from ..annotations import label_columns
+
+        columns = label_columns(annotations, adata.obs["nucleus_id"].to_numpy())
+        return Labels(columns["obs"][LABEL_KEY], columns["uns"][colors_key(LABEL_KEY)])
     if LABEL_KEY in adata.obs.columns:
         values = pd.Categorical(adata.obs[LABEL_KEY])
         return Labels(values, hex_colours(adata, LABEL_KEY, len(values.categories)))
