@@ -520,7 +520,7 @@ def test_no_nuclei_layer_is_said_and_actions_refuse(viewer, panel):
     start = len(notification_manager.records)
 
     panel.set_brush(True)
-    panel.find_similar()
+    panel.finder.find_similar()
 
     assert not panel.brush.enabled and not panel.brush_button.isChecked()
     assert all("no LEMON nuclei layer" in m for m in new_messages(start))
@@ -537,7 +537,7 @@ def test_a_layer_without_embeddings_is_said(viewer, panel):
     assert "has no embeddings" in panel.report.message.text()
     panel.types.add_type("tumour")
     panel.label_rows([0], "tumour")  # labelling still works
-    panel.suggest_next()
+    panel.finder.suggest_next()
 
     assert "has no embeddings (obsm['X_lemon'])" in new_messages(start)[0]
     assert panel.state.annotations.counts() == {"tumour": 1}
@@ -568,38 +568,38 @@ def test_suggest_next_shows_thumbnails_that_jump_to_their_nuclei(viewer, qtbot, 
     panel.label_rows(np.flatnonzero(~right)[:10], "tumour")
     panel.label_rows(np.flatnonzero(right)[:10], "stroma")
     wait_for_probe(qtbot, panel)
-    panel.n_suggest.setValue(6)
+    panel.finder.n_suggest.setValue(6)
 
-    panel.suggest_next()
-    qtbot.waitUntil(lambda: len(panel.suggestions.rows) == 6, timeout=20_000)
+    panel.finder.suggest_next()
+    qtbot.waitUntil(lambda: len(panel.finder.suggestions.rows) == 6, timeout=20_000)
 
-    rows = panel.suggestions.rows
+    rows = panel.finder.suggestions.rows
     labelled = panel.state.labelled_mask()
     assert not labelled[rows].any()
-    caption = panel.suggestions.buttons[0].text()
+    caption = panel.finder.suggestions.buttons[0].text()
     k = int(panel.state.proba[rows[0]].argmax())
     assert caption == f"{panel.probe.classes[k]} {panel.state.proba[rows[0], k]:.2f}"
     # the thumbnail shows the image's pixels around the nucleus
     x, y = panel.state.centroids_xy[rows[0]].round().astype(int)
     assert image.data[y - 5 : y + 5, x - 5 : x + 5].std() > 0
 
-    panel.suggestions.click(2)
+    panel.finder.suggestions.click(2)
 
     centre = np.asarray(viewer.scene.camera.center[-2:])
     np.testing.assert_allclose(centre, layer.data_to_world(layer.data[rows[2]]))
     assert layer.selected_data == {rows[2]}
-    assert panel.chosen_row() == rows[2]
+    assert panel.finder.chosen_row() == rows[2]
 
 
 def test_suggest_before_a_probe_gives_diverse_nuclei(qtbot, loaded):
     panel, _, right = loaded
 
-    panel.suggest_next()
-    qtbot.waitUntil(lambda: len(panel.suggestions.rows) == 12, timeout=20_000)
+    panel.finder.suggest_next()
+    qtbot.waitUntil(lambda: len(panel.finder.suggestions.rows) == 12, timeout=20_000)
 
-    rows = np.asarray(panel.suggestions.rows)
+    rows = np.asarray(panel.finder.suggestions.rows)
     assert right[rows].any() and (~right[rows]).any()  # both halves
-    assert panel.suggestions.buttons[0].text() == ""
+    assert panel.finder.suggestions.buttons[0].text() == ""
 
 
 def test_find_similar_rings_and_lists_nuclei_of_the_same_kind(viewer, qtbot, loaded):
@@ -608,20 +608,20 @@ def test_find_similar_rings_and_lists_nuclei_of_the_same_kind(viewer, qtbot, loa
     panel, layer, right = loaded
     query = int(np.flatnonzero(right)[0])
     layer.selected_data = {query}
-    panel.n_similar.setValue(8)
+    panel.finder.n_similar.setValue(8)
 
-    panel.find_similar()
-    qtbot.waitUntil(lambda: len(panel.similar.rows) == 8, timeout=20_000)
+    panel.finder.find_similar()
+    qtbot.waitUntil(lambda: len(panel.finder.similar.rows) == 8, timeout=20_000)
 
-    rows = panel.similar.rows
+    rows = panel.finder.similar.rows
     assert query not in rows and right[rows].all()  # the same half
     assert layer.selected_data == set(rows)
     rings = find_highlight(viewer)
     np.testing.assert_array_equal(rings.metadata["lemon_rows"], sorted(rows))
-    similarity = float(panel.similar.buttons[0].text().split("\n")[0])
+    similarity = float(panel.finder.similar.buttons[0].text().split("\n")[0])
     assert 0 < similarity <= 1
 
-    panel.similar.click(0)
+    panel.finder.similar.click(0)
     np.testing.assert_allclose(
         viewer.scene.camera.center[-2:], layer.data_to_world(layer.data[rows[0]])
     )
@@ -631,7 +631,7 @@ def test_find_similar_without_a_nucleus_says_how_to_choose_one(loaded):
     panel, _, _ = loaded
     start = len(notification_manager.records)
 
-    assert panel.find_similar() is None
+    assert panel.finder.find_similar() is None
 
     assert "Find similar needs a nucleus" in new_messages(start)[0]
 

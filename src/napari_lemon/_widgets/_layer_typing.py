@@ -31,13 +31,30 @@ if TYPE_CHECKING:
 
     from napari_lemon.analysis.brush_hits import BrushIndex
 
+    from ._probe_job import ProbeRequest
+
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMN = "label"
+LABELS, PREDICTION, CONFIDENCE = "labels", "prediction", "prediction × confidence"
 NOT_SAVED = (
     "labels not saved yet: save the results with LEMON nuclei > Save results…; "
     "they are saved beside them from then on"
 )
+
+
+NO_LAYER = "no LEMON nuclei layer: analyse an image with LEMON nuclei first"
+
+
+def no_embeddings(layer: Any) -> str:
+    """Why a layer without embeddings cannot have a probe."""
+    from napari_lemon.store import EMBEDDING_KEY
+
+    return (
+        f"layer {layer.name!r} has no embeddings (obsm[{EMBEDDING_KEY!r}]), which "
+        "the probe reads: analyse the image with LEMON nuclei, or load results "
+        "saved with their embeddings"
+    )
 
 
 def probe_columns(name: str) -> tuple[str, str]:
@@ -237,6 +254,26 @@ class LayerTyping:
         """Whether each row is labelled."""
         return self.label_codes() >= 0
 
+    def probe_request(self, generation: int, name: str) -> ProbeRequest | None:
+        """What to train a probe ``name`` from: the labels as they are now."""
+        from napari_lemon.analysis.probe import region_groups
+        from napari_lemon.store import PROVENANCE_KEY
+
+        from ._probe_job import REGION_UM, ProbeRequest
+
+        if self.embeddings is None:
+            return None
+        rows, names = self.labelled()
+        xy = self.centroids_xy[rows]
+        groups = region_groups(xy[:, 0], xy[:, 1], REGION_UM / self.mpp)
+        classes = self.annotations.type_names()
+        colours = [self.annotations.colour_of(c) for c in classes]
+        provenance = dict(self.adata.uns.get(PROVENANCE_KEY, {}))
+        return ProbeRequest(
+            generation, self.embeddings, rows, names, classes, colours, groups,
+            provenance, name,
+        )  # fmt: skip
+
     def colours(self) -> dict[str, str]:
         """Type name -> ``#rrggbb``, of the types and of the probe's classes."""
         colours = {}
@@ -295,6 +332,28 @@ class LayerTyping:
             obsm[name] = np.asarray(self.proba, dtype=np.float32)
             uns[f"{name}_colors"] = list(self.probe.colours)
         return {"obs": obs, "obsm": obsm, "uns": uns}
+
+    # -------------------------------------------------------------- colours
+    def recolour(self, mode: str) -> None:
+        """Colour the nuclei by ``mode``: LABELS, PREDICTION or CONFIDENCE.
+
+        The prediction modes fall back to the labels while there is no probe;
+        nothing changes while there are no types (the layer keeps its colours).
+        """
+        from ._nuclei_display import confidence_alpha, recolour
+
+        layer, colours, probe = self.layer, self.colours(), self.probe
+        name = None if probe is None else probe_columns(probe.name)
+        if mode != LABELS and name is not None and name[0] in layer.features:
+            classes = list(probe.classes)
+            alpha = None
+            if mode == CONFIDENCE:
+                confidence = layer.features[name[1]].to_numpy(np.float32)
+                alpha = confidence_alpha(confidence, len(classes))
+            recolour(layer, name[0], {c: colours[c] for c in classes}, alpha)
+        elif LABEL_COLUMN in layer.features and self.annotations.types:
+            names = self.annotations.type_names()
+            recolour(layer, LABEL_COLUMN, {n: colours[n] for n in names})
 
     def _set_columns(self, columns: dict[str, Any]) -> None:
         features = self.layer.features.copy()

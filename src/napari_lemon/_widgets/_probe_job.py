@@ -128,6 +128,15 @@ def predict_job(probe: Any, embeddings: Any, generation: int) -> ProbeOutcome:
     return ProbeOutcome(generation, probe, None, proba, None, seconds)
 
 
+def report_error(what: str, err: Exception) -> None:
+    """A worker's error as a notification: the message, or with its traceback."""
+    logger.debug("%s failed", what, exc_info=err)
+    if isinstance(err, USER_ERRORS):
+        show_error(f"{what} failed: {err}")
+    else:
+        notification_manager.receive_error(type(err), err, err.__traceback__)
+
+
 class ProbeRunner:
     """Debounced, one-at-a-time probe jobs whose stale results are dropped.
 
@@ -228,11 +237,7 @@ class ProbeRunner:
         self._on_outcome(outcome)
 
     def _on_error(self, err: Exception) -> None:
-        logger.debug("probe job failed", exc_info=err)
-        if isinstance(err, USER_ERRORS):
-            show_error(f"LEMON probe failed: {err}")
-        else:
-            notification_manager.receive_error(type(err), err, err.__traceback__)
+        report_error("LEMON probe", err)
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import (
-    notification_manager,
     show_error,
     show_info,
     show_warning,
@@ -42,21 +39,24 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from . import _results
 from ._brush import DEFAULT_RADIUS_UM, Brush, Stroke
-from ._highlight import highlight
-from ._jump import jump_to
-from ._layer_thumbnails import thumbnail_source
-from ._layer_typing import LABEL_COLUMN, LayerTyping, probe_columns
-from ._nuclei_display import confidence_alpha, recolour
-from ._probe_job import REGION_UM, ProbeOutcome, ProbeRequest, ProbeRunner
+from ._layer_typing import (
+    CONFIDENCE,
+    LABELS,
+    NO_LAYER,
+    PREDICTION,
+    LayerTyping,
+    no_embeddings,
+)
+from ._nucleus_finder import NucleusFinder
+from ._probe_files import ask_probe_path, default_probe_path, load_probe_for, save_probe
+from ._probe_job import ProbeOutcome, ProbeRequest, ProbeRunner
 from ._probe_report import ProbeReport
-from ._thumbnail_grid import ThumbnailGrid
 from ._types_list import TypesList
 
 if TYPE_CHECKING:
@@ -66,11 +66,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROBE_NAME = "cell_type"
-LABELS, PREDICTION, CONFIDENCE = "labels", "prediction", "prediction × confidence"
 STORE_POLL_MS = 1000  # how often an unsaved layer is checked for a new store
-PROBE_FILTER = "LEMON probe (*.probe.safetensors *.safetensors)"
 USER_ERRORS = (ValueError, OSError)
-NO_LAYER = "no LEMON nuclei layer: analyse an image with LEMON nuclei first"
 
 
 class CellTypesWidget(QWidget):
@@ -87,7 +84,6 @@ class CellTypesWidget(QWidget):
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.state: LayerTyping | None = None
         self._applied: dict[int, str] = {}  # generation -> probe file applied
-        self._jobs: dict[str, Any] = {}
         self.brush = Brush(viewer, self._on_stroke, on_off=self._on_brush_off)
         self.runner = ProbeRunner(self._probe_request, self._on_outcome, self._on_busy)
         self._make_controls()
@@ -136,23 +132,7 @@ class CellTypesWidget(QWidget):
         probe_buttons.addWidget(self.apply_probe_button)
 
         # suggestions and similar nuclei
-        self.n_suggest = QSpinBox()
-        self.n_suggest.setRange(1, 96)
-        self.n_suggest.setValue(12)
-        self.suggest_button = QPushButton("Suggest next")
-        self.suggestions = ThumbnailGrid(
-            empty_text="The nuclei the probe is least sure of show here"
-        )
-        self.n_similar = QSpinBox()
-        self.n_similar.setRange(1, 96)
-        self.n_similar.setValue(12)
-        self.similar_button = QPushButton("Find similar")
-        self.similar_button.setToolTip(
-            "The nuclei most like the selected (or last clicked) one"
-        )
-        self.similar = ThumbnailGrid(
-            empty_text="Select or click a nucleus, then Find similar"
-        )
+        self.finder = NucleusFinder(self._viewer, lambda: self.state)
 
         # assemble
         top = QFormLayout()
@@ -161,19 +141,11 @@ class CellTypesWidget(QWidget):
         colour = QFormLayout()
         colour.addRow("colour by", self.colour_by)
         probe = _group("Probe", self.report, colour, probe_buttons)
-        suggest = _group(
-            "Suggest next", _row(QLabel("nuclei"), self.n_suggest, self.suggest_button),
-            self.suggestions,
-        )  # fmt: skip
-        similar = _group(
-            "Find similar", _row(QLabel("nuclei"), self.n_similar, self.similar_button),
-            self.similar,
-        )  # fmt: skip
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.save_status)
         layout.addWidget(_group("Cell types", self.types))
-        for group in (labelling, probe, suggest, similar):
+        for group in (labelling, probe, self.finder):
             layout.addWidget(group)
         layout.addStretch(1)
 
@@ -185,10 +157,6 @@ class CellTypesWidget(QWidget):
         self.colour_by.currentTextChanged.connect(lambda _: self.recolour())
         self.save_probe_button.clicked.connect(lambda: self.save_probe())
         self.apply_probe_button.clicked.connect(lambda: self.apply_probe())
-        self.suggest_button.clicked.connect(lambda: self.suggest_next())
-        self.similar_button.clicked.connect(lambda: self.find_similar())
-        self.suggestions.on_clicked(self.jump)
-        self.similar.on_clicked(self.jump)
         events = self._viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._refresh_layers)
@@ -237,12 +205,11 @@ class CellTypesWidget(QWidget):
         self.state = None if layer is None else self._state_of(layer)
         state = self.state
         self.types.set_annotations(None if state is None else state.annotations)
-        self.suggestions.clear()
-        self.similar.clear()
+        self.finder.clear()
         if state is None:
             self.report.show_waiting(NO_LAYER)
         elif state.embeddings is None:
-            self.report.show_waiting(_no_embeddings(state.layer))
+            self.report.show_waiting(no_embeddings(state.layer))
         elif state.probe is not None:
             self.report.show_metrics(state.metrics, self._source_text(state))
         elif state.annotations.labels():
@@ -375,7 +342,7 @@ class CellTypesWidget(QWidget):
         state.write_labels()
         self.recolour()
         if state.embeddings is None:
-            self.report.show_waiting(_no_embeddings(state.layer))
+            self.report.show_waiting(no_embeddings(state.layer))
         else:
             self.runner.request()
         self._update_status()
@@ -394,22 +361,8 @@ class CellTypesWidget(QWidget):
 
     # ------------------------------------------------------------------ probe
     def _probe_request(self, generation: int) -> ProbeRequest | None:
-        from napari_lemon.analysis.probe import region_groups
-        from napari_lemon.store import PROVENANCE_KEY
-
         state = self.state
-        if state is None or state.embeddings is None:
-            return None
-        rows, names = state.labelled()
-        xy = state.centroids_xy[rows]
-        groups = region_groups(xy[:, 0], xy[:, 1], REGION_UM / state.mpp)
-        annotations = state.annotations
-        classes = annotations.type_names()
-        return ProbeRequest(
-            generation, state.embeddings, rows, names, classes,
-            [annotations.colour_of(c) for c in classes], groups,
-            dict(state.adata.uns.get(PROVENANCE_KEY, {})), PROBE_NAME,
-        )  # fmt: skip
+        return None if state is None else state.probe_request(generation, PROBE_NAME)
 
     def _on_busy(self, busy: bool) -> None:
         if busy:
@@ -445,28 +398,8 @@ class CellTypesWidget(QWidget):
 
     def recolour(self) -> None:
         """Colour the nuclei as "colour by" says: labels, prediction, confidence."""
-        state = self.state
-        if state is None:
-            return
-        layer, mode, colours = (
-            state.layer,
-            self.colour_by.currentText(),
-            state.colours(),
-        )
-        name, proba_name = probe_columns(
-            PROBE_NAME if state.probe is None else state.probe.name
-        )
-        if mode != LABELS and state.probe is not None and name in layer.features:
-            classes = list(state.probe.classes)
-            palette = {c: colours[c] for c in classes}
-            alpha = None
-            if mode == CONFIDENCE:
-                confidence = layer.features[proba_name].to_numpy(np.float32)
-                alpha = confidence_alpha(confidence, len(classes))
-            recolour(layer, name, palette, alpha)
-        elif LABEL_COLUMN in layer.features and state.annotations.types:
-            names = state.annotations.type_names()
-            recolour(layer, LABEL_COLUMN, {n: colours[n] for n in names})
+        if self.state is not None:
+            self.state.recolour(self.colour_by.currentText())
 
     def save_probe(self, path: str | Path | None = None) -> Path | None:
         """Save the probe; its predictions (and the labels) go into the store.
@@ -475,25 +408,17 @@ class CellTypesWidget(QWidget):
         ----------
         path : str or Path, optional
             The ``.safetensors`` file; None asks, starting at
-            ``<store>.<name>.probe.safetensors`` beside the store.
+            :meth:`default_probe_path`.
         """
-        from napari_lemon.store_columns import write_analysis
-
         state = self.state
         if state is None or state.probe is None:
-            show_error(
-                "LEMON cell types: no probe to save yet; label nuclei of two types"
-            )
+            show_error("LEMON cell types: no probe yet; label nuclei of two types")
             return None
-        store = _results.store_path_of(state.layer)
-        if path is None:
-            path = self._ask_path(self.default_probe_path(), save=True)
-            if not path:
-                return None
+        path = path or ask_probe_path(self, self.default_probe_path(), save=True)
+        if not path:
+            return None
         try:
-            saved = state.probe.save(path)
-            if store is not None:
-                write_analysis(store, **state.prediction_columns())
+            saved, store = save_probe(state, path)
         except USER_ERRORS as err:
             show_error(f"LEMON cell types: could not save the probe: {err}")
             return None
@@ -503,19 +428,15 @@ class CellTypesWidget(QWidget):
                 "store yet: save the results with LEMON nuclei > Save results…"
             )
         else:
-            show_info(
-                f"LEMON: probe saved to {saved}; predictions written to {store.name}"
-            )
-        return Path(saved)
+            show_info(f"LEMON: probe saved to {saved}; predictions in {store.name}")
+        return saved
 
     def default_probe_path(self) -> Path | None:
         """``<store stem>.<probe name>.probe.safetensors`` beside the store."""
         state = self.state
-        store = None if state is None else _results.store_path_of(state.layer)
-        if store is None:
+        if state is None:
             return None
-        name = PROBE_NAME if state.probe is None else state.probe.name
-        return store.with_name(f"{store.stem}.{name}.probe.safetensors")
+        return default_probe_path(state, getattr(state.probe, "name", PROBE_NAME))
 
     def apply_probe(self, path: str | Path | None = None) -> bool:
         """Predict the current layer's nuclei with a saved probe.
@@ -523,173 +444,22 @@ class CellTypesWidget(QWidget):
         A probe of another encoder, crop scale or embedding length is refused
         with an error notification, and nothing changes.
         """
-        from napari_lemon.analysis.probe import LinearProbe
-        from napari_lemon.store import PROVENANCE_KEY
-
         state = self.state
-        if state is None:
-            show_error(f"LEMON cell types: {NO_LAYER}")
+        if state is None or state.embeddings is None:
+            why = NO_LAYER if state is None else no_embeddings(state.layer)
+            show_error(f"LEMON cell types: {why}")
             return False
-        if state.embeddings is None:
-            show_error(f"LEMON cell types: {_no_embeddings(state.layer)}")
+        path = path or ask_probe_path(self, None, save=False)
+        if not path:
             return False
-        if path is None:
-            path = self._ask_path(None, save=False)
-            if not path:
-                return False
-        store = _results.store_path_of(state.layer)
-        where = store.name if store is not None else f"layer {state.layer.name!r}"
         try:
-            probe = LinearProbe.load(path)
-            probe.check_compatible(
-                dict(state.adata.uns.get(PROVENANCE_KEY, {})), where,
-                embed_dim=state.embeddings.shape[1],
-            )  # fmt: skip
+            probe = load_probe_for(state, path)
         except USER_ERRORS as err:
             show_error(f"LEMON cell types: cannot apply {Path(path).name}: {err}")
             return False
         generation = self.runner.predict(probe, state.embeddings)
         self._applied[generation] = str(path)
         return True
-
-    def _ask_path(self, start: Path | None, save: bool) -> str:
-        from qtpy.QtWidgets import QFileDialog
-
-        start_text = str(start) if start is not None else str(Path.home())
-        if save:
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Save LEMON probe", start_text, PROBE_FILTER
-            )
-        else:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Apply a LEMON probe", start_text, PROBE_FILTER
-            )
-        return path
-
-    # ------------------------------------------------- suggestions, similar
-    def suggest_next(self) -> Any:
-        """Show the nuclei worth labelling next as thumbnails.
-
-        With a probe: the least sure unlabelled nuclei, a diverse few; before
-        one: diverse nuclei to start with.
-        """
-        from napari_lemon.analysis.suggest import suggest_next
-
-        state = self.state
-        if state is None:
-            show_error(f"LEMON cell types: {NO_LAYER}")
-            return None
-        if state.embeddings is None:
-            show_error(f"LEMON cell types: {_no_embeddings(state.layer)}")
-            return None
-        proba, embeddings = state.proba, state.embeddings
-        labelled, n = state.labelled_mask(), int(self.n_suggest.value())
-
-        def pick() -> np.ndarray:
-            return suggest_next(proba, embeddings, labelled, n=n)
-
-        return self._thumbnails_job("suggest", pick, self.suggestions, self._caption)
-
-    def find_similar(self, row: int | None = None) -> Any:
-        """Ring and list the nuclei most like ``row`` (default: the chosen one)."""
-        from napari_lemon.analysis.neighbours import nearest_neighbours
-
-        state = self.state
-        if state is None:
-            show_error(f"LEMON cell types: {NO_LAYER}")
-            return None
-        if state.embeddings is None:
-            show_error(f"LEMON cell types: {_no_embeddings(state.layer)}")
-            return None
-        row = self.chosen_row() if row is None else int(row)
-        if row is None:
-            show_error(
-                "LEMON cell types: Find similar needs a nucleus: click one with the "
-                "brush, select one, or click a thumbnail"
-            )
-            return None
-        embeddings, k = state.embeddings, int(self.n_similar.value())
-        similarity: dict[int, float] = {}
-
-        def pick() -> np.ndarray:
-            rows, sims = nearest_neighbours(embeddings, row, k=k)
-            similarity.update(zip(rows.tolist(), sims.tolist(), strict=True))
-            return rows
-
-        def caption(r: int) -> str:
-            return f"{similarity.get(r, 0.0):.2f}\n{self._caption(r)}"
-
-        def show(rows: np.ndarray) -> None:
-            highlight(self._viewer, state.layer, rows)
-            state.layer.selected_data = set(rows.tolist())
-
-        return self._thumbnails_job("similar", pick, self.similar, caption, show)
-
-    def chosen_row(self) -> int | None:
-        """The nucleus last clicked or jumped to, else the first selected one."""
-        state = self.state
-        if state is None:
-            return None
-        selected = state.layer.selected_data
-        if state.last_row is not None and (not selected or state.last_row in selected):
-            return state.last_row
-        return min(selected) if selected else None
-
-    def jump(self, row: int) -> None:
-        """Centre the view on nucleus ``row``, select it and ring it."""
-        state = self.state
-        if state is None:
-            return
-        jump_to(self._viewer, state.layer, row, select=True)
-        state.last_row = int(row)
-        highlight(self._viewer, state.layer, [int(row)])
-
-    def _caption(self, row: int) -> str:
-        state = self.state
-        if state is None or state.probe is None:
-            return ""
-        k = int(state.proba[row].argmax())
-        return f"{state.probe.classes[k]} {state.proba[row, k]:.2f}"
-
-    def _thumbnails_job(
-        self,
-        what: str,
-        pick: Callable[[], np.ndarray],
-        grid: ThumbnailGrid,
-        caption: Callable[[int], str],
-        then: Callable[[np.ndarray], Any] | None = None,
-    ) -> Any:
-        """Pick rows and read their thumbnails in a worker; show them in ``grid``."""
-        if self._jobs.get(what) is not None:
-            return None
-        state = self.state
-        source = thumbnail_source(self._viewer, state.layer)
-        centroids = state.centroids_xy
-
-        def job() -> tuple[np.ndarray, np.ndarray]:
-            rows = np.asarray(pick(), dtype=np.int64)
-            return rows, source.read(centroids[rows])
-
-        def done(result: tuple[np.ndarray, np.ndarray]) -> None:
-            rows, images = result
-            if state is not self.state:
-                return
-            grid.set_items(images, [caption(int(r)) for r in rows], rows.tolist())
-            if then is not None:
-                then(rows)
-            if not source.found:
-                show_warning(
-                    "LEMON cell types: no slide file or image under the nuclei, so "
-                    "the thumbnails are blank; open the slide the nuclei came from"
-                )
-
-        worker = thread_worker(job, ignore_errors=True)()
-        worker.returned.connect(done)
-        worker.errored.connect(lambda err: _report(f"LEMON cell types: {what}", err))
-        worker.finished.connect(lambda: self._jobs.pop(what, None))
-        self._jobs[what] = worker
-        worker.start()
-        return worker
 
     # ------------------------------------------------------------------ close
     def close_panel(self) -> None:
@@ -701,24 +471,6 @@ class CellTypesWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self.close_panel()
         super().closeEvent(event)
-
-
-def _no_embeddings(layer: Any) -> str:
-    from napari_lemon.store import EMBEDDING_KEY
-
-    return (
-        f"layer {layer.name!r} has no embeddings (obsm[{EMBEDDING_KEY!r}]), which "
-        "the probe reads: analyse the image with LEMON nuclei, or load results "
-        "saved with their embeddings"
-    )
-
-
-def _report(what: str, err: Exception) -> None:
-    logger.debug("%s failed", what, exc_info=err)
-    if isinstance(err, USER_ERRORS):
-        show_error(f"{what} failed: {err}")
-    else:
-        notification_manager.receive_error(type(err), err, err.__traceback__)
 
 
 def _group(title: str, *parts: Any) -> QGroupBox:
