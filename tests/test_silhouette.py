@@ -34,8 +34,22 @@ def test_scores_are_sklearns_silhouette_of_kmeans_on_the_sample():
     scores = silhouette_hint(points, ks=[3], sample=1000, seed=2)  # all rows
 
     x = points.astype(np.float32)
-    labels = KMeans(n_clusters=3, n_init=3, random_state=2).fit_predict(x)
+    labels = KMeans(n_clusters=3, n_init=1, random_state=2).fit_predict(x)
     assert scores[3] == pytest.approx(silhouette_score(x, labels), abs=1e-5)
+
+
+def test_scores_are_taken_in_the_principal_components_of_the_sample():
+    from sklearn.decomposition import PCA
+
+    points, _ = blobs(4, n=150, dim=80)
+    scores = silhouette_hint(points, ks=[3, 4], sample=1000, n_pcs=5)
+
+    x = PCA(5, svd_solver="covariance_eigh").fit_transform(points.astype(np.float32))
+    for k in (3, 4):
+        labels = KMeans(n_clusters=k, n_init=1, random_state=0).fit_predict(x)
+        assert scores[k] == pytest.approx(silhouette_score(x, labels), abs=1e-5)
+    raw = silhouette_hint(points, ks=[3, 4], sample=1000, n_pcs=None)
+    assert raw != scores
 
 
 def test_a_large_sample_scores_without_precomputed_distances(monkeypatch):
@@ -92,5 +106,7 @@ def test_too_few_nuclei_or_too_small_a_sample_is_refused():
         silhouette_hint(points, ks=range(2, 6), sample=5)
     with pytest.raises(ValueError, match="sample=0 must be a whole number"):
         silhouette_hint(points, ks=[2], sample=0)
+    with pytest.raises(ValueError, match="n_pcs=0 must be a whole number"):
+        silhouette_hint(points, ks=[2], n_pcs=0)
     with pytest.raises(ValueError, match=r"shape \(12,\); expected"):
         silhouette_hint(points[:, 0], ks=[2])

@@ -197,17 +197,22 @@ def silhouette_hint(
     ks: Iterable[int] = range(2, 13),
     sample: int = 5000,
     seed: int = 0,
+    n_pcs: int | None = 50,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[int, float]:
     """Silhouette score of k-means with each ``k``: a hint for the number of clusters.
 
-    k-means (scikit-learn, 3 initialisations) groups a seeded sample of
+    k-means (scikit-learn, one k-means++ start) groups a seeded sample of
     ``sample`` nuclei into each ``k`` clusters, and the mean silhouette of the
     sample (scikit-learn's ``silhouette_score``, euclidean) scores the grouping:
-    near 1 for tight, well-separated clusters, near 0 for overlapping ones. The
-    pairwise distances of the sample are computed once and shared by every
-    ``k``. Only the sample is converted to float32, so a float16 store of a
-    whole slide is never copied.
+    near 1 for tight, well-separated clusters, near 0 for overlapping ones.
+
+    Both work in the sample's first ``n_pcs`` principal components, as the
+    Leiden graph does: k-means runs about ten times faster there than in 384
+    dimensions, and the distances change little while the components hold most
+    of the variance. The pairwise distances are computed once and shared by
+    every ``k``. Only the sample is converted to float32, so a float16 store of
+    a whole slide is never copied.
 
     Parameters
     ----------
@@ -218,7 +223,10 @@ def silhouette_hint(
     sample : int
         Nuclei scored (all of them when there are fewer).
     seed : int
-        Seed of the sample and of k-means.
+        Seed of the sample, PCA and k-means.
+    n_pcs : int or None
+        Principal components scored in; None, or at least ``dim``: the
+        embeddings themselves.
     progress : callable(stage, done, total), optional
         Called before each ``k`` and once at the end.
 
@@ -236,6 +244,7 @@ def silhouette_hint(
     3
     """
     from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
     from sklearn.metrics import pairwise_distances, silhouette_score
 
     # check the request
@@ -245,6 +254,8 @@ def silhouette_hint(
         raise ValueError(f"embeddings have shape {shape}; expected (n_nuclei, dim)")
     if int(sample) != sample or sample < 1:
         raise ValueError(f"sample={sample!r} must be a whole number >= 1 of nuclei")
+    if n_pcs is not None and (int(n_pcs) != n_pcs or n_pcs < 1):
+        raise ValueError(f"n_pcs={n_pcs!r} must be a whole number >= 1, or None")
     n, need = int(shape[0]), ks[-1] + 1
     if min(n, int(sample)) < need:
         raise ValueError(
@@ -257,6 +268,9 @@ def silhouette_hint(
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(n, int(sample)), replace=False))
     points = _checked(np.asarray(embeddings[rows]))
+    if n_pcs is not None and n_pcs < min(points.shape):
+        pca = PCA(int(n_pcs), svd_solver="covariance_eigh", random_state=seed)
+        points = pca.fit_transform(points).astype(np.float32)
     precomputed = len(points) <= PRECOMPUTED_MAX
     distances = pairwise_distances(points) if precomputed else points
     metric = "precomputed" if precomputed else "euclidean"
@@ -266,7 +280,7 @@ def silhouette_hint(
     for done, k in enumerate(ks):
         if progress is not None:
             progress(f"silhouette for k={k}", done, len(ks))
-        labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(points)
+        labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(points)
         distinct = len(np.unique(labels))
         scores[k] = (
             float(silhouette_score(distances, labels, metric=metric))
