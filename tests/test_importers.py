@@ -18,6 +18,7 @@ from napari_lemon.export import (
     annotations_from_imported,
     export_geojson,
     imported_results,
+    importers,
     read_nuclei_file,
 )
 from napari_lemon.export.importers import ImportedNuclei
@@ -200,7 +201,11 @@ def test_a_file_without_any_usable_outline_is_an_error(tmp_path):
     "content, found",
     [
         ({"type": "Polygon", "coordinates": []}, "an object of type 'Polygon'"),
-        ([1, 2, 3], "a list of 3 items (int)"),
+        ([1, 2, 3], "found the int 1 where a Feature should be"),
+        (
+            {"type": "FeatureCollection", "features": {}},
+            "an object of type 'FeatureCollection'",
+        ),
         ({"mag": 40, "nuc": {}}, "an object with keys ['mag', 'nuc']"),
     ],
 )
@@ -212,6 +217,46 @@ def test_not_a_feature_collection_names_the_file_and_what_it_holds(
     with pytest.raises(ValueError, match="x.geojson is not GeoJSON of nuclei") as err:
         read_nuclei_file(path, fmt="geojson")
     assert found in str(err.value)
+
+
+def test_collections_and_lists_are_streamed_not_parsed_whole(tmp_path, monkeypatch):
+    rings = [circle((100 + 30 * i, 100), 5) for i in range(4)]
+    pretty = tmp_path / "pretty.geojson"
+    pretty.write_text(json.dumps(collection(*map(feature, rings)), indent=2))
+    listed = tmp_path / "list.geojson"
+    listed.write_text(json.dumps([feature(r) for r in rings], indent=1))
+
+    def whole(*args):
+        raise AssertionError("parsed whole")
+
+    monkeypatch.setattr(importers, "_parse", whole)
+    for path in (pretty, listed):
+        imported = read_nuclei_file(path)
+        np.testing.assert_allclose(imported.centroids_xy[:, 0], [100, 130, 160, 190])
+
+
+def test_a_collection_in_another_key_order_is_parsed_whole(tmp_path):
+    rings = [circle((100 + 30 * i, 100), 5) for i in range(2)]
+    content = {"features": [feature(r) for r in rings], "type": "FeatureCollection"}
+
+    assert len(read_nuclei_file(write_json(tmp_path / "k.geojson", content))) == 2
+
+
+@pytest.mark.parametrize(
+    "tail, message",
+    [
+        (lambda text: text[: len(text) // 2], "not a readable GeoJSON file"),
+        (lambda text: text.replace("},\n{", "} {", 1), "expected ',' or ']'"),
+    ],
+)
+def test_a_damaged_stream_names_the_file(tmp_path, tail, message):
+    adata = synthetic_results(4)
+    text = export_geojson(adata, tmp_path / "n.geojson").read_text()
+    damaged = tmp_path / "damaged.geojson"
+    damaged.write_text(tail(text))
+
+    with pytest.raises(ValueError, match=f"damaged.geojson .*{message}"):
+        read_nuclei_file(damaged)
 
 
 # ImageScope XML

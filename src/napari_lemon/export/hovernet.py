@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from .importers import _Raw, describe_json
+from ._raw import RawNuclei, describe_json
 
 
-def read_hovernet(path: Path, content: Any, type_info=None) -> _Raw:
+def read_hovernet(path: Path, content: Any, type_info=None) -> RawNuclei:
     """Rings, types and centroids of a HoVer-Net ``{"nuc": {...}}`` file."""
     nuclei = content.get("nuc") if isinstance(content, dict) else None
     if not isinstance(nuclei, dict):
@@ -42,7 +42,7 @@ def read_hovernet(path: Path, content: Any, type_info=None) -> _Raw:
     return _read_cells(path, "hovernet", list(nuclei.values()), _names(path, mapping))
 
 
-def read_cellvit(path: Path, content: Any, type_info=None) -> _Raw:
+def read_cellvit(path: Path, content: Any, type_info=None) -> RawNuclei:
     """Rings, types and centroids of CellViT ``{"cells": [...]}`` or a list of cells."""
     cells = content.get("cells") if isinstance(content, dict) else content
     if not isinstance(cells, list):
@@ -56,9 +56,9 @@ def read_cellvit(path: Path, content: Any, type_info=None) -> _Raw:
     return _read_cells(path, "cellvit", cells, _names(path, mapping))
 
 
-def _read_cells(path: Path, fmt: str, cells: list, names: dict) -> _Raw:
+def _read_cells(path: Path, fmt: str, cells: list, names: dict) -> RawNuclei:
     """The shared part: one contour, centroid and type per cell object."""
-    raw = _Raw(path, fmt, [], [], centroids=[], skipped=Counter())
+    raw = RawNuclei(path, fmt, [], [], centroids=[], skipped=Counter())
     raw.colours = {name: colour for name, colour in names.values() if colour}
     for cell in cells:
         if not isinstance(cell, dict):
