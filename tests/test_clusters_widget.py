@@ -243,3 +243,53 @@ def test_format_scores_marks_the_best_k():
     lines = text.splitlines()
     assert len(lines) == 3 and lines[1].endswith("◀ best")
     assert "◀" not in lines[0] + lines[2]
+
+
+def test_panel_jobs_report_user_warnings_only_and_run_one_at_a_time(qtbot):
+    import threading
+    import warnings
+
+    from napari_lemon._widgets._panel_job import PanelJob
+
+    release = threading.Event()
+
+    def job():
+        warnings.warn("a library's import detail", ImportWarning, stacklevel=1)
+        warnings.warn("3 nuclei left out", UserWarning, stacklevel=1)
+        yield "waiting", 0, 1
+        release.wait(10)
+        return 42
+
+    results, running = [], []
+    runner = PanelJob("LEMON test", running.append)
+    start = len(notification_manager.records)
+    assert runner.start(job, on_result=results.append) is not None
+    assert runner.start(job, on_result=results.append) is None  # one at a time
+    release.set()
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=TIMEOUT_MS)
+
+    messages = messages_since(start)
+    assert results == [42] and running == [True, False]
+    assert any("wait for the running job" in m for m in messages)
+    assert any("3 nuclei left out" in m for m in messages)
+    assert not any("import detail" in m for m in messages)
+
+
+@pytest.mark.parametrize("error", [ValueError, RuntimeError])
+def test_panel_job_errors_become_notifications(qtbot, error):
+    from napari_lemon._widgets._panel_job import JobError, PanelJob
+
+    def job():
+        yield "failing", 0, 0
+        raise error("k=9 needs 9 nuclei")
+
+    failures = []
+    runner = PanelJob("LEMON test")
+    start = len(notification_manager.records)
+    runner.start(job, on_result=lambda _: None, on_error=failures.append)
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=TIMEOUT_MS)
+
+    assert len(failures) == 1 and "k=9 needs 9 nuclei" in str(failures[0])
+    # a RuntimeError reaches the panel as an error, not as superqt's warning
+    assert isinstance(failures[0], ValueError if error is ValueError else JobError)
+    assert any("k=9 needs 9 nuclei" in m for m in messages_since(start))

@@ -194,6 +194,7 @@ def test_skipped_objects_are_counted_in_words():
 
 
 @pytest.mark.slow
+@pytest.mark.realdata
 def test_a_monuseg_imagescope_tile_becomes_a_nuclei_layer(
     viewer, panel, qtbot, shared_data
 ):

@@ -20,6 +20,7 @@ if sys.platform.startswith("linux") and not (
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_lemon._widgets import _gl_safety  # noqa: E402, F401
+from napari_lemon._widgets import _map_jobs as mj  # noqa: E402
 from napari_lemon._widgets import map_widget as mw  # noqa: E402
 from napari_lemon._widgets._highlight import find_highlight  # noqa: E402
 from napari_lemon._widgets._nuclei_display import recolour  # noqa: E402
@@ -69,7 +70,7 @@ def add_blobs(viewer, store=None, mapped=None):
     if mapped is not None:
         coordinates = np.full((len(truth), 2), np.nan, np.float32)
         coordinates[mapped] = group_map(truth)[mapped]
-        adata.obsm[mw.MAP_KEY] = coordinates
+        adata.obsm[mj.MAP_KEY] = coordinates
     image = viewer.add_image(picture, rgb=True, scale=(0.5, 0.5), name="he")
     layer = add_nuclei(viewer, adata, image, 0.5, outlines=False)
     if store is not None:
@@ -115,9 +116,9 @@ def test_the_map_is_computed_kept_in_obsm_and_the_store_and_reopened(
 
     # 200 rows mapped, the others NaN, in the layer's results and its store
     assert len(panel.map.rows) == 200 and len(panel.canvas.xy) == 200
-    coordinates = layer.metadata["lemon_adata"].obsm[mw.MAP_KEY]
+    coordinates = layer.metadata["lemon_adata"].obsm[mj.MAP_KEY]
     assert np.isfinite(coordinates).all(axis=1).sum() == 200
-    saved = read_results(tmp_path / "r.h5ad").obsm[mw.MAP_KEY]
+    saved = read_results(tmp_path / "r.h5ad").obsm[mj.MAP_KEY]
     np.testing.assert_array_equal(saved, coordinates)
 
     # the groups stay apart on the map: each point's nearest is of its group
@@ -212,7 +213,7 @@ def test_thumbnails_cover_the_map_and_show_the_nuclei(viewer, panel, qtbot):
     canvas = panel.canvas
     assert canvas.has_thumbnails and len(canvas.thumbnail_rows) >= len(SIZES)
     pictures = np.stack([image.get_array() for image in canvas._thumbnails])
-    assert pictures.shape[1:] == (mw.THUMBNAIL_PX, mw.THUMBNAIL_PX, 3)
+    assert pictures.shape[1:] == (mj.THUMBNAIL_PX, mj.THUMBNAIL_PX, 3)
     middle = pictures[:, 20:28, 20:28].reshape(len(pictures), -1, 3).mean(axis=1)
     np.testing.assert_allclose(middle, [[80, 20, 120]] * len(pictures), atol=30)
 
@@ -235,3 +236,35 @@ def test_errors_are_notifications(viewer, panel):
     del layer.metadata["lemon_adata"].obsm["X_lemon"]
     assert panel.compute() is None
     assert "has no embeddings" in messages_since(start)[-1]
+
+
+@pytest.mark.realdata
+def test_thumbnails_of_a_slide_file_show_the_mapped_nuclei(
+    viewer, panel, qtbot, shared_data
+):
+    from napari_lemon.slide import open_slide
+    from napari_lemon.thumbnails import nucleus_thumbnails
+
+    slide_path = shared_data / "wsi" / "CMU-1-Small-Region.svs"
+    [image] = viewer.open(slide_path, plugin="napari-lemon")
+    adata, truth = blob_results()
+    rng = np.random.default_rng(1)
+    adata.obs["x"] = rng.uniform(100, 2100, adata.n_obs)
+    adata.obs["y"] = rng.uniform(100, 2800, adata.n_obs)
+    adata.obsm[mj.MAP_KEY] = group_map(truth)
+    layer = add_nuclei(viewer, adata, image, 0.499, outlines=False)
+    panel._layer.value = layer
+    panel._grid.value = 4
+
+    panel._thumbnails.value = True
+    wait(panel, qtbot)
+
+    # the pictures drawn are those of the nuclei they stand for
+    rows = panel.map.rows[panel.canvas.thumbnail_rows]
+    with open_slide(slide_path) as slide:
+        expected = nucleus_thumbnails(
+            slide, adata.obs[["x", "y"]].to_numpy()[rows], size=mj.THUMBNAIL_PX
+        )
+    drawn = np.stack([image.get_array() for image in panel.canvas._thumbnails])
+    np.testing.assert_array_equal(drawn, expected)
+    assert drawn.std() > 10  # tissue, not a blank

@@ -33,7 +33,7 @@ DEFAULT_COLOUR = "#ffff00"
 HIGHLIGHT_KEY = (
     "lemon_highlight"  # metadata: the name asked for (layers may be renamed)
 )
-MIN_RING_PX = 14  # smallest ring on screen, whatever the zoom
+MIN_RING_PX = 8  # smallest ring on screen, whatever the zoom
 RING_SCALE = 1.6  # ring diameter over nucleus diameter
 MAX_RINGS = 20_000
 # NOTE: a software renderer draws ~100,000 markers a second; a larger choice is

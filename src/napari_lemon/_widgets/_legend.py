@@ -45,6 +45,7 @@ DEFAULT_COLUMN = "cluster"  # what a nuclei layer is coloured by when first show
 MISSING_NAME = "(none)"
 POLL_MS = 400
 SWATCH_PX = 14
+MIN_TABLE_PX = 160
 
 
 @dataclass
@@ -166,6 +167,7 @@ class Legend(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setIconSize(QSize(SWATCH_PX, SWATCH_PX))
+        self.table.setMinimumHeight(MIN_TABLE_PX)
         self.table.cellClicked.connect(lambda row, _col: self.click(row))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

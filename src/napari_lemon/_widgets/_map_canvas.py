@@ -27,6 +27,7 @@ MARK_COLOUR = "#ffff00"  # as the rings on the slide
 CLICK_PX = 6  # a lasso shorter than this is a click
 PICK_PX = 10  # a click picks the nearest dot within this distance
 DIMMED = 0.25  # dot opacity under thumbnails
+MIN_CANVAS_PX = 320
 
 
 class MapCanvas(QWidget):
@@ -75,6 +76,7 @@ class MapCanvas(QWidget):
         # figure, axes without ticks (map units mean nothing), toolbar
         self.figure = Figure(figsize=(4, 4), facecolor=background, layout="tight")
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumSize(MIN_CANVAS_PX, MIN_CANVAS_PX)
         self.axes = self.figure.add_subplot()
         self.axes.set_facecolor(background)
         self.axes.set_xticks([])

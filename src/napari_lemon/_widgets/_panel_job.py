@@ -26,6 +26,7 @@ from superqt.utils import GeneratorWorker
 logger = logging.getLogger(__name__)
 
 USER_ERRORS = (ValueError, OSError)
+DEVELOPER_WARNINGS = (ImportWarning, DeprecationWarning, PendingDeprecationWarning)
 Step = tuple[str, int, int]
 
 
@@ -42,6 +43,19 @@ def _guarded(job: Callable[..., Generator], *args: Any, **kwargs: Any) -> Genera
         return (yield from job(*args, **kwargs))
     except RuntimeError as err:
         raise JobError(f"{type(err).__name__}: {err}") from err
+
+
+def _notify_warning(args: tuple) -> None:
+    """A warning of a job as a notification, unless it is meant for developers.
+
+    NOTE: the worker records every warning, also those Python hides by default
+    (umap-learn's ImportWarning about TensorFlow, deprecations in libraries).
+    """
+    message, category = args[0], args[1]
+    if issubclass(category, DEVELOPER_WARNINGS):
+        logger.debug("%s: %s", category.__name__, message)
+        return
+    notification_manager.receive_warning(*args)
 
 
 class PanelJob:
@@ -92,7 +106,7 @@ class PanelJob:
             return None
         make = thread_worker(_guarded, worker_class=GeneratorWorker, ignore_errors=True)
         worker = make(job, *args, **kwargs)
-        worker.warned.connect(lambda args: notification_manager.receive_warning(*args))
+        worker.warned.connect(_notify_warning)
         worker.yielded.connect(self._on_step)
         worker.returned.connect(
             lambda result: self._on_returned(worker, result, on_result)

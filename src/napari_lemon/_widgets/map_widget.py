@@ -16,18 +16,17 @@ on that nucleus.
 
 The coordinates go into ``adata.obsm["X_umap"]`` (NaN for nuclei not mapped,
 the scanpy name) and into the results store when the layer has one, so the map
-is shown again without recomputing when the results are reopened.
+is shown again without recomputing when the results are reopened
+(:mod:`._map_jobs`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
-from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
@@ -35,6 +34,15 @@ from .._reader import MPP_KEY, SLIDE_PATH_KEY
 from . import _results
 from ._highlight import highlight, selected_rows
 from ._map_canvas import MapCanvas
+from ._map_jobs import (
+    DEFAULT_SAMPLE,
+    MAP_KEY,
+    THUMBNAIL_MPP,
+    image_of,
+    map_job,
+    stored_map,
+    thumbnail_job,
+)
 from ._nuclei_display import COLOUR_KEY
 from ._panel_job import PanelJob
 from .clusters_widget import embeddings_of
@@ -45,118 +53,8 @@ if TYPE_CHECKING:
 
     from napari_lemon.analysis.morphology_map import MorphologyMap
 
-MAP_KEY = "X_umap"  # obsm: (n_obs, 2) float32, NaN where not mapped
-MAP_INFO_KEY = "lemon_map"  # uns: how the map was made
-THUMBNAIL_MPP = 0.25  # the encoder's scale: thumbnails show what it saw
-THUMBNAIL_PX = 48
-DEFAULT_SAMPLE = 20_000
 POLL_MS = 400
 WHAT = "LEMON map"
-
-
-# ------------------------------------------------------------- worker jobs
-def map_job(
-    embeddings: np.ndarray,
-    store: Path | None,
-    method: str = "umap",
-    sample: int = DEFAULT_SAMPLE,
-    seed: int = 0,
-    report: Callable[[str, int, int], None] | None = None,
-) -> Generator[tuple[str, int, int], None, tuple[Any, np.ndarray, str | None]]:
-    """The map of ``embeddings``, saved into ``store``; runs in the worker.
-
-    Returns
-    -------
-    (MorphologyMap, coordinates, problem)
-        ``coordinates`` of shape (n_nuclei, 2), float32, NaN where not mapped;
-        ``problem`` the reason the store could not be written, else None.
-    """
-    from napari_lemon.analysis.morphology_map import embed_2d
-
-    yield f"{method} map of {min(sample, len(embeddings)):,} nuclei", 0, 0
-    found = embed_2d(
-        embeddings, method=method, sample=sample, seed=seed, progress=report
-    )
-    coordinates = np.full((len(embeddings), 2), np.nan, np.float32)
-    coordinates[found.rows] = found.xy
-    if store is None:
-        return found, coordinates, None
-
-    yield f"saving the map into {Path(store).name}", 0, 0
-    info = {"method": found.method, "sample": int(sample), "seed": int(seed)}
-    try:
-        from napari_lemon.store_columns import write_analysis
-
-        write_analysis(store, obsm={MAP_KEY: coordinates}, uns={MAP_INFO_KEY: info})
-    except (OSError, ValueError) as err:
-        return found, coordinates, f"{type(err).__name__}: {err}"
-    return found, coordinates, None
-
-
-def thumbnail_job(
-    xy: np.ndarray,
-    centroids_xy: np.ndarray,
-    n_cells: int,
-    slide_path: Path | None,
-    image: Any,
-    mpp: float,
-) -> Generator[tuple[str, int, int], None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """One thumbnail per occupied cell of an ``n_cells`` grid over the map.
-
-    ``centroids_xy`` are the level-0 centroids of the map's points; pictures come
-    from ``slide_path`` (opened at ``mpp``) or else from ``image``, the level-0
-    pixels of an image layer. Returns ``(indices, boxes, images)``.
-    """
-    from napari_lemon.analysis.morphology_map import thumbnail_grid
-
-    indices, boxes = thumbnail_grid(xy, n_cells=n_cells)
-    indices = np.asarray(indices, dtype=np.int64)
-    yield f"reading {len(indices)} thumbnails", 0, 0
-    centroids = np.asarray(centroids_xy, dtype=np.float64)[indices]
-    if slide_path is not None:
-        from napari_lemon.slide import open_slide
-        from napari_lemon.thumbnails import nucleus_thumbnails
-
-        with open_slide(slide_path, mpp=mpp) as slide:
-            images = nucleus_thumbnails(
-                slide, centroids, mpp=THUMBNAIL_MPP, size=THUMBNAIL_PX
-            )
-    else:
-        from napari_lemon.thumbnails import thumbnails_from_image
-
-        images = thumbnails_from_image(
-            image, centroids, mpp, mpp=THUMBNAIL_MPP, size=THUMBNAIL_PX
-        )
-    return indices, np.asarray(boxes, dtype=float), np.asarray(images)
-
-
-def stored_map(adata: Any) -> MorphologyMap | None:
-    """The map saved in ``adata.obsm["X_umap"]``, or None."""
-    from napari_lemon.analysis.morphology_map import MorphologyMap
-
-    coordinates = adata.obsm.get(MAP_KEY)
-    if coordinates is None:
-        return None
-    coordinates = np.asarray(coordinates, dtype=np.float32)
-    rows = np.flatnonzero(np.isfinite(coordinates).all(axis=1)).astype(np.int64)
-    if len(rows) == 0:
-        return None
-    method = str(adata.uns.get(MAP_INFO_KEY, {}).get("method", "umap"))
-    return MorphologyMap(rows=rows, xy=coordinates[rows], method=method)
-
-
-def image_of(viewer: napari.viewer.Viewer, layer: Points) -> Image | None:
-    """The RGB image layer the nuclei lie on (same transform), if any."""
-    placed = [
-        image
-        for image in viewer.layers
-        if isinstance(image, Image)
-        and image.rgb
-        and np.allclose(image.scale[-2:], layer.scale[-2:])
-        and np.allclose(image.translate[-2:], layer.translate[-2:])
-    ]
-    named = [image for image in placed if layer.name.startswith(image.name)]
-    return (named or placed or [None])[0]
 
 
 # ------------------------------------------------------------------ panel
