@@ -150,9 +150,13 @@ def test_classification_colours_new_and_old_style(tmp_path):
     new = feature(circle((100, 100), 6), name="Tumor", color=[200, 0, 10])
     old = feature(circle((200, 100), 6))
     old["properties"]["classification"] = {"name": "Stroma", "colorRGB": -16744448}
-    path = write_json(tmp_path / "c.geojson", collection(new, old))
+    odd = feature(circle((300, 100), 6), name="Other", color=["red", 0, 0])
+    path = write_json(tmp_path / "c.geojson", collection(new, old, odd))
 
-    assert read_nuclei_file(path).colours == {"Tumor": "#c8000a", "Stroma": "#008000"}
+    imported = read_nuclei_file(path)
+
+    assert imported.colours == {"Tumor": "#c8000a", "Stroma": "#008000"}
+    assert imported.classes.tolist() == ["Tumor", "Stroma", "Other"]
 
 
 def test_bad_geometries_are_skipped_by_reason_not_a_crash(tmp_path):
@@ -522,6 +526,13 @@ def test_embedding_in_chunks_and_blocks_gives_the_same_result(
         monkeypatch.setattr(
             slide, "read_region", lambda *a: reads.append(a[2]) or read_region(*a)
         )
+        crops = points_module._crops
+        sizes = []
+        monkeypatch.setattr(
+            points_module,
+            "_crops",
+            lambda slide, xy, *a: sizes.append(len(xy)) or crops(slide, xy, *a),
+        )
         calls = []
         chunked = points_module.embed_points(
             slide, points, encoder=encoder, progress=lambda *a: calls.append(a)
@@ -532,6 +543,7 @@ def test_embedding_in_chunks_and_blocks_gives_the_same_result(
     )
     margin = 2 * 40 * 0.25 / 0.5  # a crop side each way, in px
     assert max(max(size) for size in reads) <= 50 + margin + 2
+    assert sizes == [6] * 6 + [4]  # the crops of one chunk at a time
     assert calls[-1] == ("embed", 40, 40)
     assert [c[1] for c in calls] == sorted(c[1] for c in calls)
 

@@ -164,12 +164,16 @@ def _dominant_parts(geometries: np.ndarray) -> np.ndarray:
     return out
 
 
-def exterior(polygon) -> np.ndarray:
-    """The exterior ring of a polygon without its closing vertex, ``(k, 2)``."""
+def exteriors(polygons: np.ndarray) -> list[np.ndarray]:
+    """The exterior ring of each polygon without its closing vertex, ``(k, 2)``."""
     import shapely
 
-    ring = shapely.get_coordinates(shapely.get_exterior_ring(polygon))
-    return ring[:-1]
+    rings = shapely.get_exterior_ring(np.asarray(polygons, dtype=object))
+    xy, owner = shapely.get_coordinates(rings, return_index=True)
+    counts = np.bincount(owner, minlength=len(rings))
+    stops = np.cumsum(counts)
+    starts = stops - counts
+    return [xy[a : b - 1] for a, b in zip(starts, stops, strict=True)]
 
 
 def describe(skipped: Counter) -> str:

@@ -108,7 +108,8 @@ def read_geojson(path: Path, features: Iterable[Any]) -> RawNuclei:
             raw.rings.append(ring)
             raw.classes.append(name)
             raw.centroids.append(centroid)
-    raw.colours = {k: v for k, v in raw.colours.items() if k in set(raw.classes)}
+    present = set(raw.classes)
+    raw.colours = {k: v for k, v in raw.colours.items() if k in present}
     return raw
 
 
@@ -176,15 +177,15 @@ def _classification(value: Any) -> tuple[str, str | None]:
     name = value.get("name")
     if not name and isinstance(value.get("names"), list):
         name = ": ".join(str(n) for n in value["names"])
-    colour = None
-    rgb = value.get("color")
-    if isinstance(rgb, list) and len(rgb) >= 3:
+    rgb, packed = value.get("color"), value.get("colorRGB")
+    if isinstance(packed, int) and not isinstance(rgb, list):
+        rgb = [(packed >> 16) & 255, (packed >> 8) & 255, packed & 255]
+    try:
         colour = "#" + "".join(f"{int(c) & 255:02x}" for c in rgb[:3])
-    elif isinstance(value.get("colorRGB"), int):
-        packed = value["colorRGB"]
-        colour = (
-            f"#{(packed >> 16) & 255:02x}{(packed >> 8) & 255:02x}{packed & 255:02x}"
-        )
+    except (TypeError, ValueError):
+        colour = None  # no colour, or not numbers: the default colours apply
+    if colour is not None and len(colour) != 7:
+        colour = None
     return (str(name).strip() if name else ""), colour
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._geometry import FEW_VERTICES, clean_polygons, describe, exterior, pack
+from ._geometry import FEW_VERTICES, clean_polygons, describe, exteriors, pack
 from ._raw import RawNuclei, describe_json
 from .geojson_reader import features_of, iter_features, read_geojson
 
@@ -282,11 +282,12 @@ def _finish(raw: RawNuclei) -> ImportedNuclei:
         centroids[known] = recorded[known]
 
     classes = np.array([raw.classes[i] for i in keep], dtype=object).reshape(-1)
+    present = set(classes)
     imported = ImportedNuclei(
         centroids_xy=centroids.reshape(-1, 2),
-        outlines=[exterior(p) for p in polygons[keep]],
+        outlines=exteriors(polygons[keep]),
         classes=classes,
-        colours={k: v for k, v in raw.colours.items() if k in set(classes)},
+        colours={k: v for k, v in raw.colours.items() if k in present},
         source=str(raw.path),
         format=FORMAT_NAMES[raw.format],
         n_skipped=sum(skipped.values()),
@@ -311,7 +312,7 @@ def _report(raw: RawNuclei, imported: ImportedNuclei) -> None:
         warnings.warn(
             f"{raw.path.name}: {imported.n_skipped} of {total} objects left out "
             f"({counted.removeprefix('skipped: ')})",
-            stacklevel=3,
+            stacklevel=4,  # the caller of read_nuclei_file
         )
 
 
