@@ -11,6 +11,10 @@ CellViT (Hörst et al. 2024) writes ``{"type_map": {"1": "Neoplastic", ...},
 cells (its GeoJSON output is read as QuPath GeoJSON). Contours and centroids are
 ``(x, y)`` pixels, taken as level-0 pixels of the image.
 
+NOTE: HoVer-Net's ``mag`` is not used to rescale: a file made at another
+magnification than the image's level 0 does not fit it, and
+:func:`napari_lemon.export.imported_results` refuses nuclei outside the image.
+
 Types are integers. Type 0 is background or "no label" in the models of both
 (PanNuke, CoNSeP) and is read as unclassified. Other types are named by a
 mapping, when there is one: HoVer-Net's ``type_info.json`` (``{"1":
