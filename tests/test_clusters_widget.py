@@ -205,7 +205,7 @@ def test_legend_follows_a_recolour_made_elsewhere(viewer, panel, qtbot):
     assert [e.count for e in panel.legend.entries] == [250, 100]
 
 
-def test_errors_are_notifications(viewer, panel):
+def test_errors_are_notifications(viewer, panel, qtbot):
     start = len(notification_manager.records)
     assert panel.run() is None  # no layer
     assert "no nuclei layer" in messages_since(start)[-1]
@@ -215,6 +215,15 @@ def test_errors_are_notifications(viewer, panel):
     panel._k.value = 8
     assert panel.run() is None
     assert "k=8 clusters need at least 8 nuclei" in messages_since(start)[-1]
+
+    panel._method.value = cw.LEIDEN  # too few for a neighbour graph: the worker says
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=TIMEOUT_MS)
+    assert (
+        "Leiden with n_neighbors=15 needs at least 16 nuclei"
+        in messages_since(start)[-1]
+    )
+    assert panel._status.value == "failed" and "leiden" not in layer.features
 
     del layer.metadata["lemon_adata"].obsm["X_lemon"]
     assert panel.suggest_k() is None

@@ -118,6 +118,11 @@ def test_gzip_export_is_gzipped(viewer, layer, panel, qtbot, tmp_path):
     with gzip.open(tmp_path / "nuclei.geojson.gz", "rt") as file:
         assert len(json.load(file)["features"]) == N
 
+    panel.export(tmp_path / "table.csv")  # ticked: named for what it is
+    wait(panel, qtbot)
+    assert not (tmp_path / "table.csv").exists()
+    assert len(pd.read_csv(tmp_path / "table.csv.gz")) == N
+
 
 def test_h5ad_export_keeps_embeddings_clusters_and_the_labels_beside_the_store(
     viewer, layer, panel, qtbot, tmp_path

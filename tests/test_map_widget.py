@@ -221,7 +221,7 @@ def test_thumbnails_cover_the_map_and_show_the_nuclei(viewer, panel, qtbot):
     assert not canvas.has_thumbnails
 
 
-def test_errors_are_notifications(viewer, panel):
+def test_errors_are_notifications(viewer, panel, qtbot):
     start = len(notification_manager.records)
     assert panel.compute() is None
     assert "no nuclei layer" in messages_since(start)[-1]
@@ -233,6 +233,16 @@ def test_errors_are_notifications(viewer, panel):
     assert panel._on_thumbnails(True) is None
     assert "thumbnails need the slide file" in messages_since(start)[-1]
 
+    panel._sample.value = 100
+    small, _ = add_blobs(viewer)
+    small.metadata["lemon_adata"] = small.metadata["lemon_adata"][:10].copy()
+    panel._layer.value = small
+    panel.compute()  # too few to map: the worker says
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=TIMEOUT_MS)
+    assert "map needs at least 16 nuclei" in messages_since(start)[-1]
+    assert panel._status.value == "failed"
+
+    panel._layer.value = layer
     del layer.metadata["lemon_adata"].obsm["X_lemon"]
     assert panel.compute() is None
     assert "has no embeddings" in messages_since(start)[-1]
@@ -268,3 +278,16 @@ def test_thumbnails_of_a_slide_file_show_the_mapped_nuclei(
     drawn = np.stack([image.get_array() for image in panel.canvas._thumbnails])
     np.testing.assert_array_equal(drawn, expected)
     assert drawn.std() > 10  # tissue, not a blank
+
+
+def test_a_closed_panel_stops_following_the_selection(viewer, qtbot):
+    layer, _ = add_blobs(viewer, mapped=np.arange(250))
+    widget = mw.MorphologyMapWidget(viewer)
+    widget._layer.value = layer
+    followers = len(layer.selected_data.events.items_changed)
+
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: widget._shown is None, timeout=2000)
+
+    assert len(layer.selected_data.events.items_changed) == followers - 1
+    layer.selected_data = {1, 2}  # nothing left to draw on: no error

@@ -28,6 +28,7 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from .._reader import SLIDE_PATH_KEY
 from . import _results, _source
 from ._gl_safety import block_triton_after_gl_llvm
 from ._nuclei_display import recolour
@@ -247,14 +248,16 @@ class ExportWidget(Container):
         except ValueError as err:
             show_error(f"{WHAT}: {err}")
             return None
-        gzip = bool(self._gzip.value) or path.suffix.lower() == ".gz"
+        gzip = fmt != "h5ad" and (self._gzip.value or path.suffix.lower() == ".gz")
+        if gzip and path.suffix.lower() != ".gz":
+            path = path.with_name(f"{path.name}.gz")  # what it is, by its name
         adata = layer.metadata[_results.ADATA_KEY]
         return self.job.start(
             export_job,
             adata,
             fmt,
             path,
-            gzip and fmt != "h5ad",
+            gzip,
             annotations,
             on_result=self._on_exported,
             on_error=lambda _err: setattr(self._status, "value", "failed"),
@@ -270,7 +273,7 @@ class ExportWidget(Container):
         fmt = self._format.value
         suffix = SUFFIXES[fmt] + (".gz" if self._gzip.value and fmt != "h5ad" else "")
         store = _results.store_path_of(layer)
-        slide = layer.metadata.get("lemon_slide_path")
+        slide = layer.metadata.get(SLIDE_PATH_KEY)
         base = store or (Path(slide) if slide else None)
         stem = base.name.split(".")[0] if base else layer.name
         folder = base.parent if base else Path.home()

@@ -129,6 +129,8 @@ class MorphologyMapWidget(Container):
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._check_colours)
         self._timer.start()
+        # a closed panel stops following the layer's selection
+        self.native.destroyed.connect(lambda *_: self._follow_selection_of(None))
 
     def _nuclei_layers(self, _widget: Any = None) -> list[tuple[str, Points]]:
         return [(layer.name, layer) for layer in _results.nuclei_layers(self._viewer)]
@@ -154,7 +156,7 @@ class MorphologyMapWidget(Container):
         return self._layer.value
 
     # ------------------------------------------------------- layer and map
-    def _on_layer(self, layer: Points | None) -> None:
+    def _follow_selection_of(self, layer: Points | None) -> None:
         if self._shown is not None:
             self._shown.selected_data.events.items_changed.disconnect(
                 self._on_selection
@@ -162,6 +164,9 @@ class MorphologyMapWidget(Container):
         self._shown = layer
         if layer is not None:
             layer.selected_data.events.items_changed.connect(self._on_selection)
+
+    def _on_layer(self, layer: Points | None) -> None:
+        self._follow_selection_of(layer)
         adata = None if layer is None else layer.metadata[_results.ADATA_KEY]
         self.show_map(None if adata is None else stored_map(adata))
 
