@@ -107,7 +107,7 @@ def panel(viewer, qtbot):
     qtbot.addWidget(panel)
     yield panel
     panel.close_panel()
-    qtbot.waitUntil(lambda: panel.runner.worker is None, timeout=PROBE_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: panel.runner.idle, timeout=PROBE_TIMEOUT_MS)
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def new_messages(start: int) -> list[str]:
 
 def wait_for_probe(qtbot, panel):
     qtbot.waitUntil(
-        lambda: panel.probe is not None and not panel.runner.busy,
+        lambda: panel.probe is not None and panel.runner.idle,
         timeout=PROBE_TIMEOUT_MS,
     )
 
@@ -226,6 +226,10 @@ def test_brush_two_types_train_recolour_save_reload_and_apply(
     saved = panel.save_probe(panel.default_probe_path())
     assert saved == store.with_name("slide.lemon.cell_type.probe.safetensors")
     assert saved.exists()
+    from napari_lemon.analysis.probe import LinearProbe
+
+    kept = LinearProbe.load(saved).metrics
+    assert kept["balanced_accuracy"] == panel.state.metrics.balanced_accuracy
     on_disk = read_results(store)
     np.testing.assert_array_equal(on_disk.obs["probe_cell_type"].to_numpy(), predicted)
     assert on_disk.obsm["probe_cell_type"].shape == (len(predicted), 2)
@@ -247,8 +251,6 @@ def test_brush_two_types_train_recolour_save_reload_and_apply(
     assert panel.layer is target and panel.probe is None
     assert panel.apply_probe(saved)
     wait_for_probe(qtbot, panel)
-    from napari_lemon.analysis.probe import LinearProbe
-
     index, _ = LinearProbe.load(saved).predict(other.obsm["X_lemon"])
     got = target.features["probe_cell_type"].to_numpy()
     np.testing.assert_array_equal(got, np.array(["tumour", "stroma"])[index])
@@ -318,6 +320,39 @@ def test_brush_turns_off_when_another_layer_is_chosen(viewer, loaded):
     assert not panel.brush_button.isChecked()
     assert panel.brush._drag not in layer.mouse_drag_callbacks
     assert "LEMON brush" not in [lay.name for lay in viewer.layers]
+
+
+def test_brush_labels_zoomed_out_where_the_nuclei_are_drawn_as_dots(
+    viewer, qtbot, panel
+):
+    from napari_lemon._widgets._nuclei_display import display_of
+
+    adata, _ = synthetic_results(n=8000)
+    layer = add_nuclei(viewer, adata, None, MPP, name="many")
+    viewer.reset_view()
+    display_of(layer).refresh()
+    assert display_of(layer).mode == "dots" and not layer.visible
+    panel.types.add_type("tumour")
+    panel.radius.setValue(20.0)
+    panel.set_brush(True)
+
+    drag(viewer, qtbot, layer, line((200, 500), (1800, 500)))
+
+    rows = panel.state.rows_of(list(panel.state.annotations.labels()))
+    assert len(rows) > 100
+    distance = np.abs(panel.state.centroids_xy[rows, 1] - 500)
+    assert distance.max() <= 20.0 / MPP + 3  # within the radius (and a pixel)
+
+
+def test_the_panel_opens_from_the_plugins_menu(viewer, store):
+    layer = open_results(viewer, store[0])
+
+    _, panel = viewer.window.add_plugin_dock_widget("napari-lemon", "LEMON cell types")
+
+    assert isinstance(panel, CellTypesWidget)
+    assert panel.layer is layer
+    assert panel.layer_box.currentText() == layer.name
+    panel.close_panel()
 
 
 def test_labels_of_one_type_make_the_probe_wait_and_say_why(qtbot, loaded):

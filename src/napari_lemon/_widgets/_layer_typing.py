@@ -99,6 +99,7 @@ class LayerTyping:
         self._index: BrushIndex | None = None
         self.load_error: str | None = None
         self.save_error: str | None = None
+        self.shown_error: str | None = None  # the save error last notified
         self.probe: Any = None
         self.probe_source = "labels"
         self.proba: np.ndarray | None = None

@@ -2,14 +2,18 @@
 
 Each change of the labels asks for a new probe (:meth:`ProbeRunner.request`).
 Requests are debounced (:data:`DEBOUNCE_MS`): a brushing spree trains once, after
-it. The training itself, :func:`train_and_predict`, runs in a worker thread:
-:func:`napari_lemon.analysis.probe.cross_validate` (folds of whole regions of
-:data:`REGION_UM` when the labels allow), then
-:func:`~napari_lemon.analysis.probe.fit_probe` on all labels, then the class
-probabilities of every nucleus. Every request has a generation number; a result
-whose generation is not the latest is dropped (a newer labelling came in while
-it trained), and the newest request starts as soon as the worker is free. With
-labels of fewer than two types the outcome carries the
+it. Training, :func:`train_and_predict`, runs in a worker thread:
+:func:`napari_lemon.analysis.probe.fit_probe` on all labels, then the class
+probabilities of every nucleus, which the panel shows at once. Then, in a worker
+of its own, :func:`~napari_lemon.analysis.probe.cross_validate` (folds of whole
+regions of :data:`REGION_UM` when the labels allow) measures it; with many labels
+that takes several times longer than the fit, so the colours do not wait for it
+and a new training never waits for a measurement.
+
+Every request has a generation number; a result whose generation is not the
+latest is dropped (a newer labelling came in meanwhile), and the newest request
+starts as soon as the training worker is free (one measurement at a time, the
+latest). With labels of fewer than two types the outcome carries the
 :class:`~napari_lemon.analysis.probe.NotEnoughLabels` message instead.
 """
 
@@ -68,56 +72,70 @@ class ProbeRequest:
 
 @dataclass
 class ProbeOutcome:
-    """A trained probe with its metrics and predictions, or why there is none.
+    """A trained probe and its predictions, or why there is none.
 
     Attributes
     ----------
     generation : int
     probe : LinearProbe or None
-    metrics : ProbeMetrics or None
     proba : ndarray of shape (n_nuclei, k), float32, or None
         Class probabilities of every nucleus, columns in ``probe.classes`` order.
     waiting : str or None
         Why no probe was trained (fewer than two types labelled).
     seconds : dict
-        Seconds spent in ``cv``, ``fit`` and ``predict``.
+        Seconds spent in ``fit`` and ``predict``.
+    metrics : ProbeMetrics or None
+        Filled in later by the cross-validation (see ``on_metrics``).
     """
 
     generation: int
     probe: Any = None
-    metrics: Any = None
     proba: np.ndarray | None = None
     waiting: str | None = None
     seconds: dict = field(default_factory=dict)
+    metrics: Any = None
 
 
 def train_and_predict(request: ProbeRequest) -> ProbeOutcome:
-    """Cross-validate, fit and predict every nucleus (runs in the worker)."""
-    from napari_lemon.analysis.probe import NotEnoughLabels, cross_validate, fit_probe
+    """Fit the probe on the labels and predict every nucleus (runs in a worker)."""
+    from napari_lemon.analysis.probe import NotEnoughLabels, fit_probe
 
     x = np.asarray(request.embeddings[request.rows], dtype=np.float32)
-    labels, classes = request.labels, request.classes
     seconds = {}
 
-    # how good is it: folds of whole regions where possible
+    # the probe from all labels
     started = time.perf_counter()
     try:
-        metrics = cross_validate(x, labels, groups=request.groups, classes=classes)
+        probe = fit_probe(
+            x, request.labels, request.classes, request.colours, request.name,
+            request.provenance,
+        )  # fmt: skip
     except NotEnoughLabels as err:
         return ProbeOutcome(request.generation, waiting=str(err))
-    seconds["cv"] = time.perf_counter() - started
-
-    # the probe from all labels, then every nucleus
-    started = time.perf_counter()
-    probe = fit_probe(
-        x, labels, classes, request.colours, request.name, request.provenance,
-        metrics=metrics,
-    )  # fmt: skip
     seconds["fit"] = time.perf_counter() - started
+
+    # every nucleus
     started = time.perf_counter()
     proba = probe.predict_proba(request.embeddings)
     seconds["predict"] = time.perf_counter() - started
-    return ProbeOutcome(request.generation, probe, metrics, proba, None, seconds)
+    return ProbeOutcome(request.generation, probe, proba, None, seconds)
+
+
+def measure(request: ProbeRequest) -> tuple[int, Any, float]:
+    """Cross-validated metrics of a probe on the request's labels (a worker).
+
+    Returns
+    -------
+    (generation, ProbeMetrics, seconds)
+    """
+    from napari_lemon.analysis.probe import cross_validate
+
+    started = time.perf_counter()
+    x = np.asarray(request.embeddings[request.rows], dtype=np.float32)
+    metrics = cross_validate(
+        x, request.labels, groups=request.groups, classes=request.classes
+    )
+    return request.generation, metrics, time.perf_counter() - started
 
 
 def predict_job(probe: Any, embeddings: Any, generation: int) -> ProbeOutcome:
@@ -125,7 +143,7 @@ def predict_job(probe: Any, embeddings: Any, generation: int) -> ProbeOutcome:
     started = time.perf_counter()
     proba = probe.predict_proba(embeddings)
     seconds = {"predict": time.perf_counter() - started}
-    return ProbeOutcome(generation, probe, None, proba, None, seconds)
+    return ProbeOutcome(generation, probe, proba, None, seconds)
 
 
 def report_error(what: str, err: Exception) -> None:
@@ -149,7 +167,17 @@ class ProbeRunner:
         Receives the :class:`ProbeOutcome` of the latest request.
     on_busy : callable, optional
         Called with True when a job starts, False when the worker is free.
+    on_metrics : callable, optional
+        ``on_metrics(generation, metrics, seconds)``: the cross-validation of the
+        latest probe trained from labels.
     debounce_ms : int
+    parent : QObject, optional
+        Owns the debounce timer (it goes with the panel).
+
+    Attributes
+    ----------
+    dropped : int
+        Stale outcomes dropped so far.
     """
 
     def __init__(
@@ -157,28 +185,35 @@ class ProbeRunner:
         make_request: Callable[[int], ProbeRequest | None],
         on_outcome: Callable[[ProbeOutcome], Any],
         on_busy: Callable[[bool], Any] | None = None,
+        on_metrics: Callable[[int, Any, float], Any] | None = None,
         debounce_ms: int = DEBOUNCE_MS,
+        parent: Any = None,
     ) -> None:
         from qtpy.QtCore import QTimer
 
-        self._make_request, self._on_outcome, self._on_busy = (
-            make_request,
-            on_outcome,
-            on_busy,
-        )
+        self._make_request, self._on_outcome = make_request, on_outcome
+        self._on_busy, self._on_metrics = on_busy, on_metrics
         self.generation = 0
         self.worker: Any = None
+        self.measuring: Any = None
         self._pending: Callable[[], Any] | None = None
-        self._timer = QTimer()
+        self._requests: dict[int, ProbeRequest] = {}
+        self._measure_next: ProbeRequest | None = None
+        self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.setInterval(int(debounce_ms))
         self._timer.timeout.connect(self._start_training)
-        self.dropped = 0  # stale outcomes dropped (for tests and logs)
+        self.dropped = 0
 
     @property
     def busy(self) -> bool:
-        """Whether a request waits for its debounce or a job runs."""
+        """Whether a request waits for its debounce or a training job runs."""
         return self._timer.isActive() or self.worker is not None
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing waits or runs, cross-validation included."""
+        return not self.busy and self.measuring is None
 
     def request(self) -> int:
         """Ask for a probe from the labels as they are now; returns its generation."""
@@ -187,10 +222,10 @@ class ProbeRunner:
         return self.generation
 
     def cancel(self) -> int:
-        """Forget pending requests; a running job's outcome will be dropped."""
+        """Forget pending requests; running jobs' outcomes will be dropped."""
         self.generation += 1
         self._timer.stop()
-        self._pending = None
+        self._pending = self._measure_next = None
         return self.generation
 
     def predict(self, probe: Any, embeddings: Any) -> int:
@@ -199,45 +234,39 @@ class ProbeRunner:
         self._run(lambda: predict_job(probe, embeddings, generation))
         return generation
 
-    # ------------------------------------------------------------- worker
+    # ------------------------------------------------------------ training
     def _start_training(self) -> None:
-        generation = self.generation
-
-        def job() -> ProbeOutcome | None:
-            return None if request is None else train_and_predict(request)
-
         if self.worker is not None:  # the newest request runs after this one
             self._pending = self._start_training
             return
-        request = self._make_request(generation)
+        request = self._make_request(self.generation)
         if request is None:
             return
-        self._run(job)
+        self._requests = {request.generation: request}
+        self._run(lambda: train_and_predict(request))
 
-    def _run(self, job: Callable[[], ProbeOutcome | None]) -> None:
+    def _run(self, job: Callable[[], ProbeOutcome]) -> None:
         if self.worker is not None:
             self._pending = lambda: self._run(job)
             return
         worker = thread_worker(job, ignore_errors=True)()
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
+        worker.errored.connect(lambda err: report_error("LEMON probe", err))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         if self._on_busy is not None:
             self._on_busy(True)
         worker.start()
 
-    def _on_returned(self, outcome: ProbeOutcome | None) -> None:
-        if outcome is None:
-            return
+    def _on_returned(self, outcome: ProbeOutcome) -> None:
         if outcome.generation != self.generation:
             self.dropped += 1
             logger.debug("probe of generation %d dropped", outcome.generation)
             return
         self._on_outcome(outcome)
-
-    def _on_error(self, err: Exception) -> None:
-        report_error("LEMON probe", err)
+        request = self._requests.pop(outcome.generation, None)
+        if outcome.probe is not None and request is not None:
+            self._measure(request)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -246,3 +275,30 @@ class ProbeRunner:
             pending()
         elif self._on_busy is not None:
             self._on_busy(False)
+
+    # ------------------------------------------------------- measurement
+    def _measure(self, request: ProbeRequest) -> None:
+        if self._on_metrics is None:
+            return
+        if self.measuring is not None:  # the latest waits for the running one
+            self._measure_next = request
+            return
+        worker = thread_worker(measure, ignore_errors=True)(request)
+        worker.returned.connect(self._on_measured)
+        worker.errored.connect(lambda err: report_error("LEMON probe accuracy", err))
+        worker.finished.connect(self._on_measure_finished)
+        self.measuring = worker
+        worker.start()
+
+    def _on_measured(self, result: tuple[int, Any, float]) -> None:
+        generation, metrics, seconds = result
+        if generation != self.generation:
+            self.dropped += 1
+            return
+        self._on_metrics(generation, metrics, seconds)
+
+    def _on_measure_finished(self) -> None:
+        self.measuring = None
+        following, self._measure_next = self._measure_next, None
+        if following is not None and following.generation == self.generation:
+            self._measure(following)

@@ -81,6 +81,11 @@ class ProbeReport(QWidget):
         if not self.status.text().startswith("training"):
             self.status.setText("training the probe…")
 
+    def show_measuring(self, n_labels: dict[str, int]) -> None:
+        """A new probe is shown; its accuracy is being measured."""
+        counts = ", ".join(f"{name} {n:,}" for name, n in n_labels.items())
+        self.status.setText(f"probe from {counts} labels; measuring its accuracy…")
+
     def show_waiting(self, why: str) -> None:
         """No probe: say why (e.g. labels of one type only)."""
         self.status.setText("the probe waits for labels")

@@ -84,11 +84,15 @@ class CellTypesWidget(QWidget):
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.state: LayerTyping | None = None
         self._applied: dict[int, str] = {}  # generation -> probe file applied
+        self.last_outcome: ProbeOutcome | None = None  # with its timings
         self.brush = Brush(viewer, self._on_stroke, on_off=self._on_brush_off)
-        self.runner = ProbeRunner(self._probe_request, self._on_outcome, self._on_busy)
+        self.runner = ProbeRunner(
+            self._probe_request, self._on_outcome, self._on_busy, self._on_metrics,
+            parent=self,
+        )  # fmt: skip
         self._make_controls()
         self._connect()
-        self._store_timer = QTimer()
+        self._store_timer = QTimer(self)
         self._store_timer.setInterval(STORE_POLL_MS)
         self._store_timer.timeout.connect(self._check_store)
         self._store_timer.start()
@@ -348,10 +352,11 @@ class CellTypesWidget(QWidget):
         self._update_status()
 
     def _report_saving(self, state: LayerTyping) -> None:
+        """A failed save as an error notification, once per new reason."""
         error = state.save_error
-        if error is not None and error != getattr(state, "_shown_error", None):
+        if error is not None and error != state.shown_error:
             show_error(f"LEMON cell types: {error}")
-        state._shown_error = error
+        state.shown_error = error
 
     def _update_status(self) -> None:
         state = self.state
@@ -369,6 +374,7 @@ class CellTypesWidget(QWidget):
             self.report.show_training()
 
     def _on_outcome(self, outcome: ProbeOutcome) -> None:
+        self.last_outcome = outcome
         state = self.state
         if state is None:
             return
@@ -380,10 +386,22 @@ class CellTypesWidget(QWidget):
             self.report.show_waiting(outcome.waiting)
             return
         state.write_predictions(outcome.probe, outcome.proba)
-        state.metrics = outcome.metrics or outcome.probe.metrics
         state.probe_source = applied or "labels"
-        self.report.show_metrics(state.metrics, self._source_text(state))
+        if applied is None:  # the accuracy follows from the cross-validation
+            self.report.show_measuring(outcome.probe.n_labels)
+        else:
+            state.metrics = outcome.probe.metrics
+            self.report.show_metrics(state.metrics, self._source_text(state))
         self.recolour()
+
+    def _on_metrics(self, generation: int, metrics: Any, seconds: float) -> None:
+        """The cross-validation of the probe just trained: show it, keep it."""
+        state = self.state
+        if state is None or state.probe is None or state.probe_source != "labels":
+            return
+        state.metrics = metrics
+        state.probe.metrics.update(metrics.to_dict())  # saved with the probe
+        self.report.show_metrics(metrics)
 
     @staticmethod
     def _source_text(state: LayerTyping) -> str:
