@@ -405,8 +405,10 @@ def test_types_rename_recolour_delete_and_their_colours_everywhere(qtbot, loaded
     panel.label_rows(np.flatnonzero(right)[:10], "stroma")
     wait_for_probe(qtbot, panel)
 
-    assert panel.types.rename_type("tumour", "epithelium")
     assert panel.types.recolour_type("stroma", "#123456")
+    stroma = layer.features["probe_cell_type"].to_numpy() == "stroma"
+    assert_rgb(np.asarray(layer.face_color)[stroma], "#123456")  # at once
+    assert panel.types.rename_type("tumour", "epithelium")
     wait_for_probe(qtbot, panel)
     assert panel.types.row_texts() == [("epithelium", "10"), ("stroma", "10")]
     assert panel.probe.classes == ["epithelium", "stroma"]

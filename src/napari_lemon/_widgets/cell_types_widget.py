@@ -344,7 +344,9 @@ class CellTypesWidget(QWidget):
         self.brush.colour = self._active_colour()
         self.undo_button.setEnabled(state.annotations.can_undo)
         state.write_labels()
-        self.recolour()
+        mode = self.colour_by.currentText()
+        if state.probe is None or mode == LABELS or state.colours() != state.shown:
+            self.recolour()  # else the prediction colours wait for the new probe
         if state.embeddings is None:
             self.report.show_waiting(no_embeddings(state.layer))
         else:
