@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_lemon.analysis.probe import (
+    DEFAULT_C,
     LinearProbe,
     NotEnoughLabels,
     ProbeMismatch,
@@ -63,9 +64,8 @@ def test_folded_weights_match_scikit_learn_pipeline():
 
     scaler = StandardScaler().fit(x)
     y = np.array([names.index(v) for v in labels])
-    model = LogisticRegression(class_weight="balanced", max_iter=1000).fit(
-        scaler.transform(x), y
-    )
+    model = LogisticRegression(C=DEFAULT_C, class_weight="balanced", max_iter=1000)
+    model.fit(scaler.transform(x), y)
     expected = model.predict_proba(scaler.transform(x))
     np.testing.assert_allclose(probe.predict_proba(x), expected, atol=1e-4)
 
@@ -80,7 +80,7 @@ def test_binary_probe_has_two_rows_equal_to_the_logistic():
 
     scaler = StandardScaler().fit(x)
     y = (labels == names[1]).astype(int)
-    model = LogisticRegression(class_weight="balanced", max_iter=1000)
+    model = LogisticRegression(C=DEFAULT_C, class_weight="balanced", max_iter=1000)
     model.fit(scaler.transform(x), y)
     proba = probe.predict_proba(x)
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-6)
@@ -243,6 +243,22 @@ def test_region_groups_are_square_blocks():
             region_groups(x, y, bad)
     with pytest.raises(ValueError, match="shapes"):
         region_groups(x, y[:2], 256)
+
+
+def test_blas_is_limited_while_fitting_and_restored_after():
+    from threadpoolctl import threadpool_info
+
+    from napari_lemon.analysis.probe import _one_blas_thread
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with _one_blas_thread:
+        with _one_blas_thread:  # overlapping uses share the limit
+            assert set(blas_threads()) <= {1}
+        assert set(blas_threads()) <= {1}
+    assert blas_threads() == before
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -193,3 +193,66 @@ def test_probe_needs_an_action(capsys):
     with pytest.raises(SystemExit):
         main(["probe"])
     assert "ACTION" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_crc_cell_types_from_labels_on_other_images(shared_data, tmp_path, capsys):
+    """Real nuclei: train on the labels of six CRC images, type two others."""
+    from skimage import io
+
+    from napari_lemon.checkpoint import load_encoder
+    from napari_lemon.crops import crop_nuclei
+    from napari_lemon.store import make_provenance
+
+    # ground-truth nuclei of eight images (20x, about 0.5 um/px)
+    table = pd.read_csv(shared_data / "crc" / "nuclei.csv").dropna(subset="cell_type")
+    images = sorted(table["image"].unique(), key=lambda s: int(s[3:]))[:8]
+    table = table[table["image"].isin(images)].reset_index(drop=True)
+    encoder = load_encoder("bundled", "cpu", "fp32")
+    embeddings = []
+    for image in images:
+        pixels = io.imread(shared_data / "crc" / "images" / f"{image}.png")[..., :3]
+        points = table.loc[table["image"] == image, ["x", "y"]].to_numpy()
+        embeddings.append(encoder.embed(crop_nuclei(pixels, points, image_mpp=0.5)))
+
+    # one result for all of them, each image a tile
+    n = len(table)
+    obs = pd.DataFrame(
+        {
+            "nucleus_id": np.arange(n),
+            "x": table["x"] + 1000.0 * table["image"].map(images.index),
+            "y": table["y"],
+            "area_um2": 30.0,
+            "segmenter": "points",
+            "tile_id": table["image"].map(images.index),
+        }
+    )
+    provenance = make_provenance(None, 0.5, None, "points", encoder_card=encoder.card)
+    adata = build_results(
+        obs, np.concatenate(embeddings), [np.zeros((0, 2))] * n, provenance
+    )
+    results = write_results(adata, tmp_path / "crc.h5ad")
+
+    # brush the types of the first six images
+    types = ["epithelial", "inflammatory", "fibroblast", "others"]
+    annotations = Annotations(annotations_path(results))
+    for name in types:
+        annotations.add_type(name)
+    train = obs["tile_id"] < 6
+    for name in types:
+        annotations.label(np.flatnonzero(train & (table["cell_type"] == name)), name)
+
+    probe_path = tmp_path / "crc.safetensors"
+    assert main(["probe", "train", str(results), "--out", str(probe_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cross-validation (tiles): 5 folds of whole regions" in out
+    assert main(["probe", "apply", str(probe_path), str(results)]) == 0
+
+    # balanced accuracy on the two images never labelled (chance: 0.25)
+    from sklearn.metrics import balanced_accuracy_score
+
+    predicted = read_results(results).obs["probe_cell_type"].astype(str).to_numpy()
+    held_out = ~train.to_numpy()
+    score = balanced_accuracy_score(table["cell_type"][held_out], predicted[held_out])
+    print(f"CRC held-out balanced accuracy {score:.3f} over {held_out.sum()} nuclei")
+    assert score > 0.4

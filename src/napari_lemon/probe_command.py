@@ -117,7 +117,7 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
 
     # check before reading the embeddings
     start = time.perf_counter()
-    n_obs, provenance = read_provenance(path)
+    _, provenance = read_provenance(path)
     n_rows, dim = embedding_shape(path)
     try:
         probe.check_compatible(provenance, str(path), embed_dim=dim)
