@@ -196,6 +196,7 @@ def test_probe_needs_an_action(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.realdata
 def test_crc_cell_types_from_labels_on_other_images(shared_data, tmp_path, capsys):
     """Real nuclei: train on the labels of six CRC images, type two others."""
     from skimage import io
