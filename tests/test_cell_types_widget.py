@@ -385,17 +385,49 @@ def test_a_type_left_without_nuclei_after_undo_withdraws_the_probe(qtbot, loaded
     assert_rgb(np.asarray(layer.face_color)[np.flatnonzero(~right)[:15]], TUMOUR)
 
 
-def test_stale_probes_are_dropped_when_labels_change_during_training(qtbot, loaded):
-    panel, layer, right = loaded
-    panel.label_rows(np.flatnonzero(~right)[:15], "tumour")
-    panel.label_rows(np.flatnonzero(right)[:15], "stroma")
-    qtbot.waitUntil(lambda: panel.runner.worker is not None, timeout=5000)
+class Gate:
+    """Embeddings whose reads wait until the test opens the gate."""
 
-    panel.label_rows(np.flatnonzero(right)[15:30], "stroma")  # while it trains
-    wait_for_probe(qtbot, panel)
+    def __init__(self, array: np.ndarray) -> None:
+        import threading
 
-    assert panel.runner.dropped >= 1
-    assert panel.probe.n_labels == {"tumour": 15, "stroma": 30}
+        self.array, self.shape, self.opened = array, array.shape, threading.Event()
+
+    def __getitem__(self, key):
+        assert self.opened.wait(20), "the gate was never opened"
+        return self.array[key]
+
+
+def test_stale_probes_are_dropped_when_labels_change_during_training(qtbot):
+    from napari_lemon._widgets._probe_job import ProbeRequest, ProbeRunner
+
+    adata, right = synthetic_results(n=200)
+    gate = Gate(np.asarray(adata.obsm["X_lemon"]))
+    outcomes, measured = [], []
+
+    def make_request(generation):  # one more label per generation
+        rows = np.concatenate([np.flatnonzero(~right)[:5], np.flatnonzero(right)])
+        rows = np.sort(rows[: 10 + generation])
+        labels = np.where(right[rows], "stroma", "tumour").astype(object)
+        return ProbeRequest(
+            generation, gate, rows, labels, ["tumour", "stroma"],
+            [TUMOUR, STROMA], None, {},
+        )  # fmt: skip
+
+    runner = ProbeRunner(
+        make_request, outcomes.append, on_metrics=lambda *m: measured.append(m),
+        debounce_ms=0,
+    )  # fmt: skip
+    runner.request()
+    qtbot.waitUntil(lambda: runner.worker is not None, timeout=5000)
+    runner.request()  # labels changed while the first one trains
+    gate.opened.set()
+    qtbot.waitUntil(lambda: runner.idle, timeout=PROBE_TIMEOUT_MS)
+
+    assert runner.dropped == 1
+    assert [o.generation for o in outcomes] == [2]
+    assert sum(outcomes[0].probe.n_labels.values()) == 12
+    assert [m[0] for m in measured] == [2]  # the latest probe is measured
 
 
 # ------------------------------------------------------------ types
