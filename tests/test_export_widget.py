@@ -25,6 +25,7 @@ from napari.utils.notifications import notification_manager  # noqa: E402
 from napari_lemon._widgets import _gl_safety  # noqa: E402, F401
 from napari_lemon._widgets import export_widget as ew  # noqa: E402
 from napari_lemon._widgets._results import (  # noqa: E402
+    ANNOTATIONS_KEY,
     STORE_PATH_KEY,
     add_nuclei,
     is_nuclei_layer,
@@ -269,8 +270,16 @@ def test_classified_imports_become_labelled_nuclei_on_an_in_memory_image(
     assert [v if isinstance(v, str) else "" for v in labels] == classes
     assert points.metadata["lemon_colour"]["column"] == "label"
     np.testing.assert_allclose(points.face_color[0], [1, 0, 0, 1])
-    annotations = points.metadata[ew.ANNOTATIONS_KEY]
+    annotations = points.metadata[ANNOTATIONS_KEY]
     assert annotations.counts() == {"Tumor": 3, "Stroma": 1}
+    # the cell types panel starts from the imported labels
+    from napari_lemon._widgets.cell_types_widget import CellTypesWidget
+
+    typing = CellTypesWidget(viewer)
+    qtbot.addWidget(typing)
+    state = typing.attach(points)
+    assert state.annotations.counts() == {"Tumor": 3, "Stroma": 1}
+    typing.close_panel()
     text = [m for m in messages_since(start) if "nuclei from cells.geojson" in m][-1]
     assert "4 labelled as 2 types" in text and "1 objects skipped" in text
     np.testing.assert_allclose(

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .._reader import MPP_KEY
-from ._results import ADATA_KEY, store_path_of
+from ._results import ADATA_KEY, ANNOTATIONS_KEY, store_path_of
 
 if TYPE_CHECKING:
     from napari.layers import Points
@@ -127,7 +127,9 @@ class LayerTyping:
         identity = results_identity(self.adata)
         store = store_path_of(self.layer)
         if store is None:
-            return Annotations(None, identity)
+            # nuclei imported with classes come with their labels
+            imported = self.layer.metadata.get(ANNOTATIONS_KEY)
+            return imported if imported is not None else Annotations(None, identity)
         try:
             annotations = Annotations.for_results(store, identity)
         except (ValueError, OSError) as err:

@@ -28,6 +28,9 @@ REGION_KEY = "lemon_region"
 # the results store the layer's nuclei are saved in (.lemon.zarr or .h5ad); None
 # until the results are saved. Labels and probes are saved beside it.
 STORE_PATH_KEY = "lemon_store_path"
+# the labels of imported classified nuclei (Annotations), until the cell types
+# panel saves them beside a store
+ANNOTATIONS_KEY = "lemon_annotations"
 DEFAULT_DIAMETER_UM = 7.0  # a typical nucleus, when the area is missing
 
 

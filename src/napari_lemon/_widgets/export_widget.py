@@ -48,8 +48,6 @@ FILTERS = {
 }
 SUFFIXES = {"geojson": ".geojson", "h5ad": ".h5ad", "csv": ".csv"}
 IMPORT_FILTER = "Nuclei (*.geojson *.json *.xml *.geojson.gz *.json.gz)"
-# layer metadata: the labels of imported classified nuclei (Annotations)
-ANNOTATIONS_KEY = "lemon_annotations"
 
 
 # ------------------------------------------------------------- worker jobs
@@ -348,7 +346,7 @@ class ExportWidget(Container):
         )
         labelled = ""
         if annotations is not None:
-            points.metadata[ANNOTATIONS_KEY] = annotations
+            points.metadata[_results.ANNOTATIONS_KEY] = annotations
             recolour(points, "label", _type_colours(annotations))
             counts = annotations.counts()
             labelled = f", {sum(counts.values()):,} labelled as {len(counts)} types"
