@@ -1,4 +1,15 @@
-"""Analyses of nucleus embeddings: clustering (more to come: probes, 2-D maps)."""
+"""Analyses of nucleus embeddings.
+
+- :mod:`.clusters`: k-means (in memory and streaming over a store), the silhouette
+  hint for k; :mod:`.graph_clusters`: Leiden on a nearest-neighbour graph;
+- :mod:`.probe`: the linear probe that types nuclei from brushed labels;
+  :mod:`.suggest`: which nuclei to label next;
+- :mod:`.morphology_map`: the 2-D map and its thumbnail grid;
+  :mod:`.neighbours`: nuclei that look alike; :mod:`.brush_hits`: nuclei under a
+  brush stroke.
+
+Submodules import their heavier libraries (umap-learn, igraph) when used.
+"""
 
 from .clusters import CLUSTERERS, cluster_kmeans, cluster_kmeans_stream
 
