@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -275,6 +276,10 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.weights, probe.weights)
     np.testing.assert_array_equal(loaded.predict_proba(x), probe.predict_proba(x))
     assert not list(tmp_path.glob(".*part"))
+    # readable by others as the umask allows (safetensors alone writes 0o600)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_load_refuses_what_is_not_a_probe(tmp_path):

@@ -103,6 +103,13 @@ class ProbeMetrics:
         }
 
 
+def _default_mode() -> int:
+    """Permissions of a new file under the current umask (e.g. 0o644)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @dataclass
 class LinearProbe:
     """Cell-type classifier on embeddings: ``softmax(x @ weights.T + bias)``.
@@ -276,6 +283,7 @@ class LinearProbe:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
             save_file(tensors, str(tmp), metadata=metadata)
+            os.chmod(tmp, _default_mode())  # safetensors writes owner-only files
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
