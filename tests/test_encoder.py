@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -140,6 +141,9 @@ def test_safetensors_round_trip_in_fp16(tmp_path, source_model, crops):
     np.testing.assert_allclose(
         encoder.embed(crops), reference_forward(source_model, crops), atol=0.05
     )
+    mask = os.umask(0)  # others may read it as the umask allows
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_changed_weights_file_warns(tmp_path, source_model):

@@ -12,6 +12,7 @@ Three kinds of weights load into the network of :mod:`napari_lemon.encoder`:
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,9 @@ def save_checkpoint(
         if not k.startswith("head.")
     }
     save_file(tensors, str(path), metadata={"architecture": card.architecture})
+    mask = os.umask(0)  # safetensors writes owner-only files; follow the umask
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
     card.sha256 = file_sha256(path)
     path.with_suffix(".json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
