@@ -18,7 +18,8 @@ types), for the bundled encoder and for the handcrafted features:
   equals 4 x N; the picks need not be balanced across types, so the methods are
   compared at the same total number of labels;
 - **probe**: :func:`napari_lemon.analysis.probe.fit_probe` with its defaults
-  (class-balanced logistic regression, C = 1), as the plugin fits it;
+  (class-balanced logistic regression, C = ``probe.DEFAULT_C``), as the plugin
+  fits it; the JSON records the C it ran with;
 - **score**: balanced accuracy on every typed nucleus of the held-apart images;
   mean and sd over splits x seeds. The **ceiling** is the probe fitted on the
   whole pool of each split (mean and sd over splits).
@@ -159,7 +160,7 @@ def suggest_rounds(
 
 
 def fit_plugin_probe(features: np.ndarray, labels: np.ndarray):
-    """The plugin's probe with its defaults (class-balanced LR, C = 1)."""
+    """The plugin's probe with its defaults (class-balanced LR, its ``DEFAULT_C``)."""
     from napari_lemon.analysis.probe import fit_probe
 
     return fit_probe(features, labels)
@@ -418,13 +419,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
     from lemon_training.evaluate.probe import make_folds
+    from napari_lemon.analysis import probe
 
     started = time.perf_counter()
     result: dict = {
         "date": date.today().isoformat(),
         "machine": describe(),
         "versions": _versions(),
-        "probe": "napari_lemon.analysis.probe.fit_probe defaults (C=1, balanced)",
+        "probe": (
+            "napari_lemon.analysis.probe.fit_probe defaults "
+            f"(C={probe.DEFAULT_C}, balanced, max_iter={probe.MAX_ITER})"
+        ),
+        "probe_C": probe.DEFAULT_C,
         "suggest": "napari_lemon.analysis.suggest.suggest_next (pool_factor=10)",
         "parameters": {k: v for k, v in vars(args).items() if k != "report"},
         "features": {},
