@@ -243,3 +243,16 @@ def test_recorded_results_agree_with_their_scores():
 
     for spec, summary in result["summary"].items():
         assert summary == json.loads(json.dumps(le.summarise(result["scores"][spec])))
+
+
+def test_recorded_results_were_made_with_the_probe_of_today():
+    from napari_lemon.analysis.probe import DEFAULT_C
+
+    path = BENCHMARKS / "results" / "label_efficiency.json"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not recorded yet")
+    result = json.loads(path.read_text())
+
+    assert result["probe_C"] == DEFAULT_C, (
+        "the probe's default C changed: rerun benchmarks/label_efficiency.py"
+    )
