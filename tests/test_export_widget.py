@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from needs_display import require_display
 
-if sys.platform.startswith("linux") and not (
-    os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-):
-    reason = "napari's canvas needs a display: install Xvfb (see .ci/run)"
-    if os.environ.get("LEMON_REQUIRE_DISPLAY"):
-        raise RuntimeError(f"LEMON_REQUIRE_DISPLAY is set but {reason}")
-    pytest.skip(reason, allow_module_level=True)
+require_display()
 
 import anndata  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
