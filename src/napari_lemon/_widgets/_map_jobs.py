@@ -27,6 +27,7 @@ MAP_INFO_KEY = "lemon_map"  # uns: how the map was made
 THUMBNAIL_MPP = 0.25  # the encoder's scale: thumbnails show what it saw
 THUMBNAIL_PX = 48
 DEFAULT_SAMPLE = 20_000
+_compiled = False  # numba compiles umap-learn on the first map of a process
 
 
 # ------------------------------------------------------------- worker jobs
@@ -48,10 +49,13 @@ def map_job(
     """
     from napari_lemon.analysis.morphology_map import embed_2d
 
-    yield f"{method} map of {min(sample, len(embeddings)):,} nuclei", 0, 0
+    global _compiled
+    first = "" if _compiled else " (the first map of a session compiles first: ~30 s)"
+    yield f"{method} map of {min(sample, len(embeddings)):,} nuclei{first}", 0, 0
     found = embed_2d(
         embeddings, method=method, sample=sample, seed=seed, progress=report
     )
+    _compiled = True
     coordinates = np.full((len(embeddings), 2), np.nan, np.float32)
     coordinates[found.rows] = found.xy
     if store is None:
