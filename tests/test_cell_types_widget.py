@@ -202,7 +202,9 @@ def test_brush_two_types_train_recolour_save_reload_and_apply(
     wait_for_probe(qtbot, panel)
     predicted = layer.features["probe_cell_type"].to_numpy()
     assert (predicted == np.where(right, "stroma", "tumour")).mean() > 0.97
-    assert "balanced accuracy" in panel.report.status.text()
+    status, message = panel.report.status.text(), panel.report.message.text()
+    assert "balanced accuracy" in status and "folds" in status
+    assert "folds" not in message  # said once
     assert np.asarray(panel.report.table()).sum() == sum(counts.values())
     confidence = layer.features["probe_cell_type_proba"].to_numpy()
     assert confidence.dtype == np.float32 and (confidence >= 0.5).all()

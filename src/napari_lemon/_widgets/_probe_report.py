@@ -35,6 +35,15 @@ def summary_of(metrics: dict) -> str:
     return f"balanced accuracy {score:.2f} ({folds} folds of {what})"
 
 
+def _news_in(metrics: dict) -> str:
+    """What the metrics' message adds to :func:`summary_of` (why the folds, ...)."""
+    message = str(metrics.get("message", ""))
+    if metrics.get("grouping") == "regions" and "folds of whole regions" in message:
+        return ""  # the summary says it
+    prefix = f"{int(metrics.get('n_folds') or 0)} folds: "
+    return message.removeprefix(prefix)
+
+
 def as_dict(metrics: Any) -> dict:
     """ProbeMetrics or a saved probe's metrics dict, as a dict."""
     if metrics is None:
@@ -97,7 +106,7 @@ class ProbeReport(QWidget):
         metrics = as_dict(metrics)
         head = summary_of(metrics)
         self.status.setText(f"{source}: {head}" if source else head)
-        self.message.setText(str(metrics.get("message", "")))
+        self.message.setText(_news_in(metrics))
         classes = list(metrics.get("classes", []))
         confusion = np.asarray(metrics.get("confusion", []), dtype=np.int64)
         shown = bool(classes) and confusion.shape == (len(classes), len(classes))
