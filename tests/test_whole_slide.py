@@ -241,6 +241,27 @@ def test_rerun_of_a_complete_store_does_nothing(slide_case, encoder, tmp_path):
     assert again.n_nuclei == first.n_nuclei
 
 
+def test_rerun_with_other_clusters_reclusters_the_finished_store(
+    slide_case, encoder, tmp_path
+):
+    import anndata
+
+    path, _ = slide_case
+    out = tmp_path / "recluster.zarr"
+    with open_slide(path) as slide:
+        first = analyze_slide(slide, out, encoder, region=(0, 0, 512, 512), **OPTIONS)
+        before = anndata.read_zarr(out).obs["cluster"].to_numpy()
+        changed = dict(OPTIONS, n_clusters=2)
+        again = analyze_slide(slide, out, encoder, region=(0, 0, 512, 512), **changed)
+        third = analyze_slide(slide, out, encoder, region=(0, 0, 512, 512), **changed)
+
+    adata = anndata.read_zarr(out)
+    assert again.tiles_skipped == again.n_tiles and again.n_nuclei == first.n_nuclei
+    assert len(np.unique(before)) > 2 and adata.obs["cluster"].nunique() == 2
+    assert adata.uns["lemon_clustering"]["requested"] == 2
+    assert "cluster" not in third.seconds or third.seconds["cluster"] == 0
+
+
 def test_other_parameters_on_an_old_store_are_refused(slide_case, encoder, tmp_path):
     path, _ = slide_case
     out = tmp_path / "old.zarr"

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("read", "tissue", "segment", "crop", "embed", "write", "cluster")
 ID_STRIDE = 2**20  # nucleus ids per tile
 CLUSTER_CHUNK = 8192  # embeddings per k-means step: 65,536 peaked 0.4 GB higher
+CLUSTERING_KEY = "lemon_clustering"  # uns: how a re-clustering was made
 MIN_MARGIN_UM = 20.0  # below this, large nuclei on seams may be lost or doubled
 MASK_MPP = 8.0  # microns per pixel of the tissue mask
 
@@ -187,8 +188,16 @@ def slide_steps(
         skipped = len(tiles) - len(todo)
         yield ("tiles", skipped, len(tiles))
         if store.complete:
-            logger.info("%s is complete already; nothing to do", store.path)
-            return SlideRun(store.path, store.n_nuclei, len(tiles), skipped, seconds)
+            n_nuclei = store.n_nuclei
+            reclustered = _recluster(store, n_clusters, seed, seconds)
+            if reclustered is None:
+                logger.info("%s is complete already; nothing to do", store.path)
+            else:
+                yield ("cluster", 0, 1)
+                store.close()  # the new clusters are written under the store's lock
+                _write_clusters(store.path, *reclustered)
+                yield ("cluster", 1, 1)
+            return SlideRun(store.path, n_nuclei, len(tiles), skipped, seconds)
 
         # tile by tile into the store
         reads = (_prefetched if prefetch else _in_turn)(slide, todo, seg_mpp)
@@ -207,11 +216,7 @@ def slide_steps(
         yield ("cluster", 0, 1)
         started = time.perf_counter()
         clusters = _clusters(store, n_clusters, seed)
-        clustering = {
-            "method": "kmeans_stream",
-            "n_clusters": int(len(np.unique(clusters))),
-            "seed": seed,
-        }
+        clustering = _clustering(clusters, n_clusters, seed)
         path = store.finish(clusters, {"clustering": clustering})
         seconds["cluster"] = time.perf_counter() - started
         yield ("cluster", 1, 1)
@@ -416,6 +421,54 @@ def _second_handle(slide: Slide) -> Slide:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Slide(slide.path, mpp=slide.mpp)
+
+
+def _clustering(clusters: np.ndarray, n_clusters: int, seed: int) -> dict:
+    """How the ``cluster`` column was made (``requested``: the k asked for)."""
+    return {
+        "method": "kmeans_stream",
+        "n_clusters": int(len(np.unique(clusters))),
+        "requested": int(n_clusters),
+        "seed": int(seed),
+    }
+
+
+def _recluster(store: Any, n_clusters: int, seed: int, seconds: dict) -> Any:
+    """New clusters of a finished store when ``n_clusters`` or ``seed`` changed.
+
+    Returns ``(clusters, clustering)``, or None when the stored ones were made
+    with these settings (the latest record wins: ``uns["lemon_clustering"]``
+    from a re-clustering, else the provenance's).
+    """
+    made = _stored_clustering(store.path)
+    asked = made.get("requested", made.get("n_clusters"))
+    if asked == n_clusters and made.get("seed", seed) == seed:
+        return None
+    logger.info("re-clustering %s into %d clusters", store.path.name, n_clusters)
+    started = time.perf_counter()
+    clusters = _clusters(store, n_clusters, seed)
+    seconds["cluster"] = time.perf_counter() - started
+    return clusters, _clustering(clusters, n_clusters, seed)
+
+
+def _stored_clustering(path: Path) -> dict:
+    """The record of the latest clustering of a finished store (zarr)."""
+    import zarr
+    from anndata.io import read_elem
+
+    root = zarr.open_group(str(path), mode="r")
+    for key in (f"uns/{CLUSTERING_KEY}", "uns/lemon/clustering"):
+        if key in root:
+            return dict(read_elem(root[key]))
+    return {}
+
+
+def _write_clusters(path: Path, clusters: np.ndarray, clustering: dict) -> None:
+    """Replace the ``cluster`` column of a finished store, and say how it was made."""
+    from .store_columns import write_analysis
+
+    column = pd.Categorical(clusters.astype(np.int64))
+    write_analysis(path, obs={"cluster": column}, uns={CLUSTERING_KEY: clustering})
 
 
 def _clusters(store: Any, n_clusters: int, seed: int) -> np.ndarray:
