@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,6 +303,62 @@ def test_load_refuses_what_is_not_a_probe(tmp_path):
     save_file(tensors, str(other), metadata={"other": "x"})
     with pytest.raises(ValueError, match="not a napari-lemon probe.*no 'napari-lemon'"):
         LinearProbe.load(other)
+
+
+def test_load_of_model_weights_lists_a_few_tensor_names(tmp_path):
+    from safetensors.numpy import save_file
+
+    weights = tmp_path / "unet.safetensors"
+    tensors = {f"block{i:03d}.conv.weight": np.zeros(2, np.float32) for i in range(130)}
+    save_file(tensors, str(weights))
+
+    with pytest.raises(ValueError, match="not a napari-lemon probe") as err:
+        LinearProbe.load(weights)
+
+    message = str(err.value)
+    assert "'block000.conv.weight', 'block001.conv.weight'" in message
+    assert "... (126 more)" in message and "block129" not in message
+    assert len(message) < 400
+
+
+def test_save_failures_are_os_errors_naming_the_probe(tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    x, labels, names = blobs()
+    probe = fit_probe(x, labels, classes=names)
+
+    # safetensors' own error, as for a read-only folder
+    def refuse(tensors, filename, metadata=None):
+        raise safetensors.SafetensorError(
+            "Error while serializing: I/O error: Permission denied (os error 13) "
+            f'at path "{Path(filename).parent}/.tmpXyZ"'
+        )
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", refuse)
+    target = tmp_path / "ro" / "cells.safetensors"
+    with pytest.raises(
+        OSError,
+        match="cannot write the probe .*cells.safetensors: "
+        "Permission denied; choose a folder you may write to",
+    ) as err:
+        probe.save(target)
+    assert ".tmp" not in str(err.value) and ".part" not in str(err.value)
+    assert not target.exists() and not list(target.parent.glob(".*"))
+
+    # a folder that cannot be made
+    monkeypatch.undo()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="cannot write the probe .*file/p.safetensors"):
+        probe.save(blocker / "p.safetensors")
+
+
+def test_not_enough_labels_says_why_on_its_own():
+    x, labels, names = blobs(n_per_class=(10, 0, 0))
+    with pytest.raises(NotEnoughLabels) as err:
+        fit_probe(x, labels, classes=names)
+    assert err.value.why == f"{names[0]!r} has 10, no other type has any"
+    assert err.value.why in str(err.value)
 
 
 def _write_probe(path, weights, bias, **meta):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -10,6 +14,7 @@ import pytest
 from napari_lemon.incremental_store import IncrementalStore, StoreError
 from napari_lemon.store import build_results, read_results, write_results
 from napari_lemon.store_columns import (
+    check_writable,
     embedding_shape,
     iter_embeddings,
     read_provenance,
@@ -184,6 +189,62 @@ def test_a_locked_store_is_refused(tmp_path):
             write_analysis(path, obs={"a": np.zeros(12)})
     finally:
         lock.release()
+
+
+def refuse_new_files(monkeypatch, where):
+    """New files in ``where`` fail as in a read-only folder (tests run as root)."""
+    import tempfile
+
+    make = tempfile.TemporaryFile
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if Path(dir) == where:
+            raise PermissionError(13, "Permission denied", str(Path(dir) / "tmpab"))
+        return make(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+
+
+@pytest.mark.parametrize("folder", ["parent", "store"])
+def test_results_that_cannot_be_written_are_refused_first(
+    tmp_path, monkeypatch, folder
+):
+    path = make_zarr(tmp_path / "s.zarr")
+    check_writable(path)  # writable: no error
+    refuse_new_files(monkeypatch, tmp_path if folder == "parent" else path)
+
+    message = f"cannot write to the results {path}: Permission denied. Copy them"
+    with pytest.raises(OSError, match=re.escape(message)):
+        write_analysis(path, obs={"a": np.zeros(12)})
+    assert "a" not in read_results(path).obs
+    assert not (tmp_path / "s.zarr.lock").exists()
+
+
+def test_an_h5ad_that_does_not_open_for_writing_is_refused(tmp_path, monkeypatch):
+    import builtins
+
+    path = make_h5ad(tmp_path / "s.h5ad")
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if Path(file) == path and "+" in mode:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    with pytest.raises(OSError, match="cannot write to the results .*s.h5ad"):
+        check_writable(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only folders")
+def test_a_read_only_folder_is_refused(tmp_path):
+    path = make_h5ad(tmp_path / "ro" / "s.h5ad")
+    path.parent.chmod(0o555)
+    try:
+        with pytest.raises(OSError, match="cannot write to the results"):
+            check_writable(path)
+    finally:
+        path.parent.chmod(0o755)
 
 
 def test_iter_embeddings_streams_rows_in_order(results):

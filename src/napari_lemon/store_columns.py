@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ def write_analysis(
         Nothing is at ``path``.
     StoreError
         The store is unfinished, or another process holds its lock.
+    OSError
+        The results (or the folder of their lock) cannot be written.
     ValueError
         An element has the wrong length, or names a column of the results
         contract; ``path`` is not napari-lemon results.
@@ -90,6 +93,7 @@ def write_analysis(
     obsm = {str(k): _matrix(k, v) for k, v in (obsm or {}).items()}
     uns = {str(k): _uns_value(k, v) for k, v in (uns or {}).items()}
     _refuse_protected(path, obs=obs, obsm=obsm, uns=uns)
+    check_writable(path)
 
     lock = StoreLock.acquire(path)
     try:
@@ -200,6 +204,35 @@ def read_provenance(path: str | Path) -> tuple[int, dict]:
         key = f"uns/{PROVENANCE_KEY}"
         provenance = read_elem(root[key]) if key in root else {}
     return n_obs, dict(provenance)
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse results :func:`write_analysis` could not write, before any work.
+
+    Its lock file goes beside the results, and the columns into them: both the
+    folder holding them and (for a ``.zarr`` store) the store's folder must take
+    a new file, and an ``.h5ad`` file must open for writing.
+
+    Raises
+    ------
+    OSError
+        Naming the results and what to do.
+    FileNotFoundError, StoreError, ValueError
+        As :func:`write_analysis`.
+    """
+    path = _results_path(path)
+    try:
+        for folder in [path.parent] + ([path] if path.is_dir() else []):
+            tempfile.TemporaryFile(dir=folder).close()
+        if path.is_file():
+            open(path, "r+b").close()  # noqa: SIM115 (opened only to be closed)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OSError(
+            f"cannot write to the results {path}: {reason}. Copy them to a folder "
+            "you may write to (with the annotations file beside them) and give "
+            "that copy"
+        ) from err
 
 
 # opening

@@ -21,10 +21,12 @@ pickle is read or written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,10 +51,25 @@ DEFAULT_C = 0.1
 # rows converted to float32 at once while predicting: 12 MB at 384-d (a fresh
 # 65,536-row float32 array per chunk cost 1.5x more in page faults and cache)
 BLOCK_ROWS = 8192
+# side of the spatial blocks cross-validation keeps whole, in the panel and in
+# `lemon probe train` alike (the panel's _probe_job.REGION_UM must equal it)
+CV_BLOCK_UM = 250.0
+TENSORS_SHOWN = 4  # tensor names an error lists before "... (N more)"
 
 
 class NotEnoughLabels(ValueError):
-    """Fewer than two cell types have labels; the message says which have how many."""
+    """Fewer than two cell types have labels; the message says which have how many.
+
+    Attributes
+    ----------
+    why : str
+        Which types have how many labels (``"'tumour' has 12, no other type has
+        any"``), for callers that say what to do in their own words.
+    """
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class ProbeMismatch(ValueError):
@@ -273,7 +290,6 @@ class LinearProbe:
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ValueError(f"path={str(path)!r} must end in .safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             "weights": np.ascontiguousarray(self.weights, np.float32),
             "bias": np.ascontiguousarray(self.bias, np.float32),
@@ -282,12 +298,15 @@ class LinearProbe:
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(tmp), metadata=metadata)
             os.chmod(tmp, _default_mode())  # safetensors writes owner-only files
             os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        except Exception as err:  # safetensors raises its own error type
+            raise _write_error(path, err) from err
+        finally:
+            with contextlib.suppress(OSError):  # e.g. its folder is a file
+                tmp.unlink(missing_ok=True)
         return path
 
     def _metadata(self) -> dict[str, Any]:
@@ -372,7 +391,9 @@ def _read_safetensors(path: Path):
             if names != {"weights", "bias"}:
                 raise ValueError(
                     f"{path} is a safetensors file but not a napari-lemon probe: it "
-                    f"holds tensors {sorted(names)}, not weights and bias"
+                    f"holds tensors {_few(sorted(names))}, not weights and bias "
+                    "(perhaps model weights); give a probe saved by `lemon probe "
+                    "train` or the cell types panel"
                 )
             return fh.get_tensor("weights"), fh.get_tensor("bias"), metadata
     except ValueError:
@@ -382,6 +403,26 @@ def _read_safetensors(path: Path):
             f"{path} is not a safetensors file ({type(err).__name__}: {err}); give "
             "a probe saved by napari-lemon (.safetensors)"
         ) from err
+
+
+def _few(names: list[str], shown: int = TENSORS_SHOWN) -> str:
+    """``'a', 'b', 'c'`` or ``'a', 'b', ... (128 more)``: short enough to read."""
+    quoted = ", ".join(repr(n) for n in names[:shown])
+    more = len(names) - shown
+    return f"{quoted}, ... ({more} more)" if more > 0 else quoted
+
+
+def _write_error(path: Path, err: Exception) -> OSError:
+    """Any failure to write a probe as an OSError naming ``path`` and the fix."""
+    reason = getattr(err, "strerror", None)
+    if not reason:  # safetensors: "... I/O error: Permission denied (os error 13)
+        # at path <its own temporary file>"
+        found = re.search(r"I/O error: (.+?) \(os error", str(err))
+        reason = found.group(1) if found else f"{type(err).__name__}: {err}"
+    return OSError(
+        f"cannot write the probe {path}: {reason}; choose a folder you may write "
+        "to (and with free space)"
+    )
 
 
 def _probe_metadata(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
@@ -632,6 +673,31 @@ def region_groups(x, y, block_px: float) -> np.ndarray:
     return order[inverse.reshape(-1)].astype(np.int64)
 
 
+def metrics_summary(metrics: ProbeMetrics | dict) -> tuple[str, str]:
+    """The probe's quality in the panel's words: a line, and what it adds.
+
+    Returns
+    -------
+    (str, str)
+        ``"balanced accuracy 0.83 (5 folds of whole regions)"`` (or ``"no
+        cross-validated accuracy yet"``), and the part of the metrics' message
+        the line does not say (why folds split nuclei, why there is no
+        accuracy), ``""`` when none.
+    """
+    metrics = metrics.to_dict() if hasattr(metrics, "to_dict") else dict(metrics)
+    score, grouping = metrics.get("balanced_accuracy"), metrics.get("grouping")
+    folds = int(metrics.get("n_folds") or 0)
+    message = str(metrics.get("message", ""))
+    if score is None:
+        return "no cross-validated accuracy yet", message
+    what = "whole regions" if grouping == "regions" else "single nuclei"
+    line = f"balanced accuracy {score:.2f} ({folds} folds of {what})"
+    if grouping == "regions" and "folds of whole regions" in message:
+        return line, ""
+    news = message.removeprefix(f"{folds} folds: ")
+    return line, news.removesuffix(f"; balanced accuracy {score:.2f}")
+
+
 # helpers
 
 
@@ -676,7 +742,8 @@ def _require_two_types(y: np.ndarray, classes: list[str]) -> np.ndarray:
         why = f"{classes[only]!r} has {counts[only]}, {others}"
     raise NotEnoughLabels(
         f"needs labels of at least two types; {why}. The probe waits until a "
-        "second type is labelled"
+        "second type is labelled",
+        why,
     )
 
 
