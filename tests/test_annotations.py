@@ -18,6 +18,7 @@ from napari_lemon.annotations import (
     annotations_path,
     check_colour,
     results_identity,
+    set_aside,
 )
 from napari_lemon.store import build_results
 
@@ -35,6 +36,42 @@ def test_annotations_path_sits_beside_the_store(tmp_path):
     )
     assert annotations_path("out/a.h5ad").name == "a.annotations.json"
     assert annotations_path(str(tmp_path / "b.zarr") + "/").parent == tmp_path
+
+
+def test_set_aside_keeps_every_earlier_file(tmp_path):
+    path = annotations_path(tmp_path / "a.h5ad")
+    assert set_aside(path) is None  # nothing there
+
+    kept = []
+    for n in range(3):  # within one second: the names still differ
+        two_types(path).label([n], "tumour")
+        kept.append(set_aside(path))
+
+    assert not path.exists()
+    assert len(set(kept)) == 3
+    assert all(k.name.startswith("a.annotations.replaced-") for k in kept)
+    assert all(k.suffix == ".json" and k.parent == tmp_path for k in kept)
+    assert [Annotations.load(k).labels() for k in kept] == [
+        {0: "tumour"},
+        {1: "tumour"},
+        {2: "tumour"},
+    ]
+
+
+def test_set_aside_says_when_it_cannot_move_the_file(tmp_path, monkeypatch):
+    path = annotations_path(tmp_path / "a.h5ad")
+    path.write_text("{}")
+
+    def refuse(self, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "rename", refuse)
+    with pytest.raises(
+        OSError,
+        match="cannot move the labels .*a.annotations.json "
+        "aside .*Permission denied.*move or delete that file",
+    ):
+        set_aside(path)
 
 
 def test_default_colours_are_distinct_hex():

@@ -491,6 +491,44 @@ def annotations_path(store_path: str | Path) -> Path:
     return store_path.with_name(store_path.stem + SUFFIX)
 
 
+def set_aside(path: str | Path) -> Path | None:
+    """Rename an annotations file out of the way, so nothing writes over it.
+
+    ``a.annotations.json`` -> ``a.annotations.replaced-20250131-142501.json``
+    (``-2``, ``-3``, ... added when that name is taken): the labels of results
+    that are being replaced stay on disk, under a name no reader looks for.
+
+    Returns
+    -------
+    Path or None
+        The new name, or None when nothing was at ``path``.
+
+    Raises
+    ------
+    OSError
+        The file cannot be renamed; names it and what to do.
+    """
+    import time
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    stem = path.name.removesuffix(".json")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{stem}.replaced-{stamp}.json"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{stem}.replaced-{stamp}-{n}.json")
+    try:
+        path.rename(aside)
+    except OSError as err:
+        raise OSError(
+            f"cannot move the labels {path} aside to {aside.name} "
+            f"({err.strerror or err}); move or delete that file yourself first"
+        ) from err
+    return aside
+
+
 def results_identity(adata_or_provenance) -> dict[str, Any]:
     """What ties labels to one result: ``n_obs``, source file name, created time.
 
