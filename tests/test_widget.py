@@ -442,8 +442,17 @@ def test_whole_slide_run_writes_a_store_beside_the_slide_and_shows_the_nuclei(
     assert any(desc.startswith("LEMON: tiles") and n == 6 for desc, n in bars)
     assert display_of(nuclei) is not None and widget._colour_by.value == "cluster"
 
+    # running the finished store again replaces its layer (and its raster)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT_MS)
+    [nuclei] = [lay for lay in viewer.layers if isinstance(lay, Points)]
+    assert len([lay for lay in viewer.layers if "dots & outlines" in lay.name]) == 1
+    assert nuclei.metadata["lemon_store_path"] == out
+    assert widget._status.value.endswith("replaced the layer of synthetic.lemon.zarr")
+
     # the store opens again through "Load results"
     viewer.layers.remove(nuclei)
+    assert not [lay for lay in viewer.layers if "dots & outlines" in lay.name]
     loader = widget.load_results(out)
     qtbot.waitUntil(lambda: widget._loader is None, timeout=RUN_TIMEOUT_MS)
     assert loader is not None
@@ -518,3 +527,123 @@ def test_loading_a_file_that_is_not_results_is_reported(widget, qtbot, tmp_path)
     qtbot.waitUntil(lambda: widget._loader is None, timeout=RUN_TIMEOUT_MS)
 
     assert any("Could not load LEMON results" in m for m in new_messages(start))
+    assert widget._status.value == "could not load other.h5ad"
+
+
+# ---------------------------------------------------------- loaded results
+def small_results(source: str, n: int = 30, mpp: float = SYNTH_MPP):
+    """Results of ``n`` nuclei said to come from the image named ``source``."""
+    import pandas as pd
+
+    from napari_lemon.store import build_results
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(20, 200, (n, 2))
+    obs = pd.DataFrame(
+        {
+            "nucleus_id": np.arange(n, dtype=np.int64),
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "area_um2": np.full(n, 30.0),
+            "segmenter": "classical",
+            "tile_id": np.zeros(n, np.int64),
+            "cluster": np.arange(n) % 3,
+        }
+    )
+    square = np.array([[-2, -2], [2, -2], [2, 2], [-2, 2]], np.float32)
+    provenance = {"source": {"name": source}, "mpp": mpp}
+    embeddings = rng.normal(size=(n, 8)).astype(np.float32)
+    return build_results(obs, embeddings, [p + square for p in xy], provenance)
+
+
+def load_and_wait(widget, qtbot, path):
+    widget.load_results(path)
+    qtbot.waitUntil(lambda: widget._loader is None, timeout=RUN_TIMEOUT_MS)
+    return [lay for lay in widget._viewer.layers if isinstance(lay, Points)]
+
+
+def test_results_of_another_image_are_placed_in_microns_with_a_warning(
+    viewer, widget, slide_layer, qtbot, tmp_path
+):
+    from napari_lemon.store import write_results
+
+    path = write_results(small_results("other.svs"), tmp_path / "other.lemon.h5ad")
+    start = len(notification_manager.records)
+
+    [nuclei] = load_and_wait(widget, qtbot, path)
+
+    [message] = [m for m in new_messages(start) if "not of the chosen image" in m]
+    assert "results of 'other.svs'" in message and "'synthetic.tif'" in message
+    assert "placed in microns" in message and "choose image 'other.svs'" in message
+    np.testing.assert_allclose(nuclei.scale, (SYNTH_MPP, SYNTH_MPP))
+
+
+def test_results_of_the_chosen_image_are_placed_on_it_without_a_warning(
+    viewer, widget, slide_layer, qtbot, tmp_path
+):
+    from napari_lemon.store import write_results
+
+    layer, _ = slide_layer
+    path = write_results(small_results("synthetic.tif"), tmp_path / "s.lemon.h5ad")
+    start = len(notification_manager.records)
+
+    [nuclei] = load_and_wait(widget, qtbot, path)
+
+    assert not [m for m in new_messages(start) if "not of the chosen" in m]
+    np.testing.assert_allclose(nuclei.scale, layer.scale)
+    assert widget._status.value == f"30 nuclei from {path.name}"
+
+
+def test_results_without_mpp_are_refused_and_the_status_says_so(
+    widget, qtbot, tmp_path
+):
+    from napari_lemon.store import write_results
+
+    adata = small_results("other.svs")
+    adata.uns["lemon"].pop("mpp")
+    path = write_results(adata, tmp_path / "nompp.lemon.h5ad")
+    start = len(notification_manager.records)
+
+    assert load_and_wait(widget, qtbot, path) == []
+
+    assert any("records no mpp" in m for m in new_messages(start))
+    assert widget._status.value == "could not load nompp.lemon.h5ad"
+
+
+def test_image_lists_leave_out_the_nuclei_raster(viewer, widget, slide_layer, qtbot):
+    from napari_lemon._widgets.export_widget import ExportWidget
+
+    layer, _ = slide_layer
+    widget.show_nuclei(small_results("synthetic.tif"), layer, SYNTH_MPP)
+    exporter = ExportWidget(viewer)
+
+    rasters = [lay for lay in viewer.layers if "dots & outlines" in lay.name]
+    assert len(rasters) == 1 and isinstance(rasters[0], Image)
+    assert [c.name for c in widget._image.choices] == [layer.name]
+    assert [c.name for c in exporter._image.choices] == [layer.name]
+
+
+def test_colour_by_follows_a_recolour_made_elsewhere(viewer, widget, qtbot):
+    import pandas as pd
+
+    from napari_lemon._widgets._nuclei_display import COLOUR_KEY, recolour
+
+    nuclei = widget.show_nuclei(small_results("a.svs"), None, SYNTH_MPP)
+    assert widget._colour_by.value == "cluster"
+    features = nuclei.features.copy()
+    features["probe_kind"] = pd.Categorical(["a", "b"] * 15)
+    nuclei.features = features
+
+    # another panel recolours the layer: the choice follows, nothing recolours
+    recolour(nuclei, "probe_kind", {"a": "#ff0000", "b": "#0000ff"})
+    record, colours = nuclei.metadata[COLOUR_KEY], np.asarray(nuclei.face_color)
+    qtbot.waitUntil(lambda: widget._colour_by.value == "probe_kind", timeout=3000)
+    qtbot.wait(2 * aw.COLOUR_POLL_MS)
+
+    assert nuclei.metadata[COLOUR_KEY] is record
+    np.testing.assert_array_equal(np.asarray(nuclei.face_color), colours)
+    np.testing.assert_allclose(np.asarray(nuclei.face_color)[0, :3], (1, 0, 0))
+
+    # choosing in the panel still recolours
+    widget._colour_by.value = "cluster"
+    assert nuclei.metadata[COLOUR_KEY]["column"] == "cluster"

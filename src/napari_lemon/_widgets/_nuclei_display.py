@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ._results import OUTLINES_OF_KEY, unwrapped
 from ._view_index import CentroidIndex, rasterise_dots, rasterise_outlines
 
 if TYPE_CHECKING:
@@ -325,7 +326,7 @@ class NucleiDisplay:
             translate=tuple(points.translate),
             affine=points.affine.affine_matrix,
             units=tuple(str(u) for u in points.units),
-            metadata={"lemon_outlines_of": points.name},
+            metadata={OUTLINES_OF_KEY: points.name},
         )
 
     def _schedule(self, _event: Any = None) -> None:
@@ -342,7 +343,7 @@ class NucleiDisplay:
             self._timer.start(0)
 
     def _on_removed(self, event: Any) -> None:
-        if event.value is self.points:
+        if unwrapped(event.value) is unwrapped(self.points):
             self.close()
             if self.layer in self._viewer.layers:
                 self._viewer.layers.remove(self.layer)

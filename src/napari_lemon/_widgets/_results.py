@@ -31,6 +31,9 @@ STORE_PATH_KEY = "lemon_store_path"
 # the labels of imported classified nuclei (Annotations), until the cell types
 # panel saves them beside a store
 ANNOTATIONS_KEY = "lemon_annotations"
+# marks the raster layer that draws a nuclei layer's dots and outlines (its value:
+# the nuclei layer's name); it is LEMON's display, not an image to analyse
+OUTLINES_OF_KEY = "lemon_outlines_of"
 DEFAULT_DIAMETER_UM = 7.0  # a typical nucleus, when the area is missing
 
 
@@ -141,6 +144,15 @@ def nuclei_layer_data(
     return data, kwargs, "points"
 
 
+def unwrapped(layer: Any) -> Any:
+    """The layer itself, also when it comes through napari's viewer proxy.
+
+    NOTE: a panel opened from the Plugins menu gets a proxy of the viewer, whose
+    layers are proxies too: compare layers with ``is`` only once unwrapped.
+    """
+    return getattr(layer, "__wrapped__", layer)
+
+
 def is_nuclei_layer(layer: Any) -> bool:
     """Whether ``layer`` holds LEMON nuclei (a points layer made here)."""
     return layer is not None and ADATA_KEY in getattr(layer, "metadata", {})
@@ -164,6 +176,16 @@ def store_path_of(layer: Points) -> Path | None:
     """The results store of a nuclei layer, or None while it is unsaved."""
     path = layer.metadata.get(STORE_PATH_KEY)
     return None if path is None else Path(path)
+
+
+def layers_of_store(viewer: napari.viewer.Viewer, path: str | Path) -> list[Points]:
+    """The nuclei layers of ``viewer`` that show the results store ``path``."""
+    target = Path(path).resolve()
+    return [
+        layer
+        for layer in nuclei_layers(viewer)
+        if (store := store_path_of(layer)) is not None and store.resolve() == target
+    ]
 
 
 def add_nuclei(

@@ -20,6 +20,7 @@ import numpy as np
 from .._reader import MPP_KEY, SLIDE_PATH_KEY
 
 if TYPE_CHECKING:
+    import napari
     from napari.layers import Image, Shapes
 
 Region = tuple[int, int, int, int]
@@ -42,6 +43,26 @@ def layer_mpp(layer: Image) -> float | None:
     if unit.dimensionality != {"[length]": 1}:
         return None
     return float(layer.scale[-1] * (1 * unit).to("micrometer").magnitude)
+
+
+def image_layers(viewer: napari.viewer.Viewer) -> list[tuple[str, Image]]:
+    """``(name, layer)`` of the 2-D RGB images a panel may analyse or import onto.
+
+    LEMON's own raster of dots and outlines (:mod:`._nuclei_display`) is an RGB
+    image too; it is left out.
+    """
+    from napari.layers import Image
+
+    from ._results import OUTLINES_OF_KEY
+
+    return [
+        (layer.name, layer)
+        for layer in viewer.layers
+        if isinstance(layer, Image)
+        and layer.rgb
+        and layer.ndim == 2
+        and OUTLINES_OF_KEY not in layer.metadata
+    ]
 
 
 def level0_shape(layer: Image) -> tuple[int, int]:

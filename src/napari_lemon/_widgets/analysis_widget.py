@@ -41,7 +41,7 @@ from superqt.utils import GeneratorWorker
 from .._reader import SLIDE_PATH_KEY
 from . import _results, _slide_job, _source
 from ._gl_safety import block_triton_after_gl_llvm
-from ._nuclei_display import recolour
+from ._nuclei_display import COLOUR_KEY, recolour
 
 if TYPE_CHECKING:
     import napari
@@ -56,6 +56,7 @@ MODEL_FILTER = "*.safetensors *.pth.tar *.tar *.pth"
 # problems the user can fix from the message alone; others come with a traceback
 USER_ERRORS = (ValueError, OSError)
 HIDDEN_COLUMNS = ("nucleus_id", "x", "y", "segmenter", "tile_id")
+COLOUR_POLL_MS = 400  # how often "colour by" looks at the layer's colour record
 
 
 class AnalysisError(Exception):
@@ -97,6 +98,20 @@ def analysis_job(
             raise AnalysisError(f"{type(err).__name__}: {err}") from err
 
 
+def not_of_image(
+    source: str | None, slide: Path | None, image_name: str, mpp: float
+) -> str:
+    """Why loaded results are not placed on the chosen image."""
+    results = f"results of {source!r}" if source else "results of an unnamed image"
+    image = slide.name if slide is not None else image_name
+    where = "" if slide is not None else " (a layer without a slide file)"
+    advice = f"choose image {source!r} to overlay them" if source else ""
+    return (
+        f"LEMON: {results} are not of the chosen image {image!r}{where}: placed "
+        f"in microns at their mpp ({mpp:g} µm/px)" + (f"; {advice}" if advice else "")
+    )
+
+
 class AnalysisWidget(Container):
     """Dock panel: image, scale, model, clusters, device, region; run and cancel.
 
@@ -117,6 +132,7 @@ class AnalysisWidget(Container):
         self._make_controls()
         self._connect()
         self._on_image_changed(self._image.value)
+        self._start_colour_timer()
 
     # ------------------------------------------------------------------ layout
     def _make_controls(self) -> None:
@@ -196,11 +212,7 @@ class AnalysisWidget(Container):
         )
 
     def _rgb_layers(self, _widget: Any = None) -> list[tuple[str, Image]]:
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and layer.rgb and layer.ndim == 2
-        ]
+        return _source.image_layers(self._viewer)
 
     def _on_region_changed(self, value: str) -> None:
         for control in (self._folder, self._tile_um):
@@ -218,6 +230,38 @@ class AnalysisWidget(Container):
         current = None if layer is None else layer.metadata.get("lemon_colour", {})
         if column and layer is not None and current.get("column", "cluster") != column:
             recolour(layer, column)
+
+    def _start_colour_timer(self) -> None:
+        """Look every :data:`COLOUR_POLL_MS` at what the nuclei are coloured by.
+
+        NOTE: other panels recolour the layer (a probe, Leiden) and
+        :func:`._nuclei_display.recolour` keeps napari's colour events quiet, so
+        "colour by" follows the layer's colour record, as the legend does.
+        """
+        from qtpy.QtCore import QTimer
+
+        self._colour_timer = QTimer(self.native)
+        self._colour_timer.setInterval(COLOUR_POLL_MS)
+        self._colour_timer.timeout.connect(self.follow_colour)
+        self._colour_timer.start()
+
+    def follow_colour(self) -> None:
+        """Show in "colour by" the column the nuclei layer is coloured by.
+
+        Only the choice shown changes: the nuclei are not recoloured.
+        """
+        layer = self.results_layer()
+        if layer is None:
+            return
+        record = layer.metadata.get(COLOUR_KEY) or {}
+        column = record.get("column", "cluster")
+        if column == self._colour_by.value or column not in layer.features:
+            return
+        with self._colour_by.changed.blocked():
+            if column not in self._colour_by.choices:
+                self._colour_by.reset_choices()
+            if column in self._colour_by.choices:
+                self._colour_by.value = column
 
     def _on_image_changed(self, layer: Image | None) -> None:
         mpp = _source.layer_mpp(layer) if layer is not None else None
@@ -385,10 +429,26 @@ class AnalysisWidget(Container):
         if adata.n_obs == 0:
             show_warning(f"No nuclei found in {layer.name!r} (region {region})")
             return
+        replaced = self._remove_layers_of(store)
         points = self.show_nuclei(adata, layer, mpp, region)
         points.metadata[_results.STORE_PATH_KEY] = store
-        self._status.value = f"{adata.n_obs:,} nuclei"
-        show_info(f"LEMON: {adata.n_obs:,} nuclei in {layer.name!r}{where}")
+        again = f"; replaced the layer of {store.name}" if replaced else ""
+        self._status.value = f"{adata.n_obs:,} nuclei{again}"
+        show_info(f"LEMON: {adata.n_obs:,} nuclei in {layer.name!r}{where}{again}")
+
+    def _remove_layers_of(self, store: Path | None) -> int:
+        """Remove the nuclei layers that show ``store``; how many there were.
+
+        NOTE: running a store again resumes or re-clusters it, and the layer
+        made from it then shows it as it was: the new layer replaces it (its
+        labels are kept beside the store, so the cell types panel reloads them).
+        """
+        if store is None:
+            return 0
+        old = _results.layers_of_store(self._viewer, store)
+        for layer in old:
+            self._viewer.layers.remove(layer)
+        return len(old)
 
     def show_nuclei(
         self,
@@ -451,19 +511,22 @@ class AnalysisWidget(Container):
         job = thread_worker(read_results, ignore_errors=True)
         worker = job(path)
         worker.returned.connect(lambda adata: self._on_loaded(adata, path))
-        worker.errored.connect(
-            lambda err: show_error(f"Could not load LEMON results: {err}")
-        )
+        worker.errored.connect(lambda err: self._on_load_failed(err, path))
         worker.finished.connect(lambda: setattr(self, "_loader", None))
         self._loader = worker
         self._status.value = f"reading {path.name}…"
         worker.start()
         return worker
 
+    def _on_load_failed(self, err: Exception, path: Path) -> None:
+        self._status.value = f"could not load {path.name}"
+        show_error(f"Could not load LEMON results: {err}")
+
     def _on_loaded(self, adata: Any, path: Path) -> None:
         provenance = adata.uns.get("lemon", {})
         mpp = provenance.get("mpp")
         if not mpp:
+            self._status.value = f"could not load {path.name}"
             show_error(
                 f"{path.name} records no mpp in uns['lemon']: it cannot be placed "
                 "on a slide; make it with `lemon analyze` or the LEMON panel"
@@ -473,6 +536,8 @@ class AnalysisWidget(Container):
         source = provenance.get("source", {}).get("name")
         slide = _source.slide_path_of(layer) if layer is not None else None
         if slide is None or slide.name != source:
+            if layer is not None:
+                show_warning(not_of_image(source, slide, layer.name, float(mpp)))
             layer = None  # not the slide they came from: place them in microns
         points = self.show_nuclei(adata, layer, float(mpp), name=f"{path.name} nuclei")
         points.metadata[_results.STORE_PATH_KEY] = path

@@ -190,11 +190,7 @@ class ExportWidget(Container):
         return [(layer.name, layer) for layer in _results.nuclei_layers(self._viewer)]
 
     def _rgb_layers(self, _widget: Any = None) -> list[tuple[str, Image]]:
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and layer.rgb and layer.ndim == 2
-        ]
+        return _source.image_layers(self._viewer)
 
     def _follow_active(self, _event: Any = None) -> None:
         active = self._viewer.layers.selection.active
