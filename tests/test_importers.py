@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -501,13 +502,74 @@ def test_imported_nuclei_are_embedded_with_their_outlines_and_areas(tile, encode
     assert params["params"]["file"] == "cells.geojson"
 
 
-def test_nuclei_outside_the_image_are_refused_naming_both_files(tile, encoder):
-    imported = imported_of(["", ""])
-    imported.centroids_xy[1] = (5000, 20)
+def test_a_few_nuclei_outside_the_image_are_left_out_with_a_warning(tile, encoder):
+    imported = imported_of(["Tumor"] * 11 + ["Stroma"])  # x = 20 .. 350 px
+    imported.centroids_xy[11] = (5000, 20)
 
     with open_slide(tile, mpp=0.5) as slide:
-        with pytest.raises(ValueError, match="cells.geojson do not fit 'tile.png'"):
+        with pytest.warns(
+            UserWarning,
+            match="1 of 12 nuclei of cells.geojson lie "
+            r"outside the 400x300 image 'tile.png', e.g. \(x, y\)="
+            r"\(5000.0, 20.0\); they were left out \(11 embedded\)$",
+        ):
+            adata = imported_results(slide, imported, encoder=encoder)
+
+    assert adata.obs["nucleus_id"].tolist() == list(range(11))  # rows of the file
+    params = adata.uns["lemon"]["segmenter"]["params"]
+    assert params["skipped"] == 1
+    assert params["skipped_reasons"] == {"outside the image": 1}
+    ids = adata.obs["nucleus_id"].to_numpy()
+    annotations = annotations_from_imported(imported, {}, nucleus_ids=ids)
+    assert annotations.type_names() == ["Tumor"]  # the Stroma nucleus was left out
+    assert sorted(annotations.labels()) == list(range(11))
+    assert len(annotations_from_imported(imported, {}).labels()) == 12
+
+
+def test_many_nuclei_outside_ask_whether_the_file_is_of_this_image(tile, encoder):
+    imported = imported_of([""] * 4)
+    imported.centroids_xy[2:] = (20, 900)
+
+    with open_slide(tile, mpp=0.5) as slide:
+        with pytest.warns(
+            UserWarning,
+            match="2 of 4 nuclei .*left out "
+            r"\(2 embedded\); are these outlines of this image",
+        ):
+            adata = imported_results(slide, imported, encoder=encoder)
+    assert adata.obs["nucleus_id"].tolist() == [0, 1]
+
+
+def test_nuclei_all_outside_the_image_are_refused_naming_both_files(tile, encoder):
+    imported = imported_of(["", ""])
+    imported.centroids_xy[:] = (5000, 20)
+
+    with open_slide(tile, mpp=0.5) as slide:
+        with pytest.raises(
+            ValueError,
+            match="2 of 2 nuclei of cells.geojson lie "
+            "outside the 400x300 image 'tile.png'.*none fit. Is it "
+            "the file of this image",
+        ):
             imported_results(slide, imported, encoder=encoder)
+
+
+@pytest.mark.parametrize("file_mpp, warned", [(0.2527, True), (0.52, False)])
+def test_a_file_of_another_pixel_size_is_warned_of(tile, encoder, file_mpp, warned):
+    imported = imported_of([""])
+    imported.mpp = file_mpp
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open_slide(tile, mpp=0.499) as slide:
+            imported_results(slide, imported, encoder=encoder)
+
+    messages = [str(w.message) for w in caught if w.category is UserWarning]
+    expected = (
+        f"cells.geojson records {file_mpp:g} microns per pixel but 'tile.png' has "
+        "0.499: are these outlines of this image?"
+    )
+    assert any(expected in m for m in messages) == warned, messages
 
 
 def test_embedding_in_chunks_and_blocks_gives_the_same_result(

@@ -13,7 +13,7 @@ cells (its GeoJSON output is read as QuPath GeoJSON). Contours and centroids are
 
 NOTE: HoVer-Net's ``mag`` is not used to rescale: a file made at another
 magnification than the image's level 0 does not fit it, and
-:func:`napari_lemon.export.imported_results` refuses nuclei outside the image.
+:func:`napari_lemon.export.imported_results` leaves out nuclei outside the image.
 
 Types are integers. Type 0 is background or "no label" in the models of both
 (PanNuke, CoNSeP) and is read as unclassified. Other types are named by a

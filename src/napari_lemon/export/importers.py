@@ -22,6 +22,14 @@ vertices or no area, or are self-intersecting beyond repair are skipped and
 counted by reason (one warning), never a crash. :func:`imported_results` embeds
 the nuclei of a slide (``nucleus_id`` = the row in :class:`ImportedNuclei`) and
 :func:`annotations_from_imported` turns their classes into labels.
+
+Outlines of another image are the likeliest mistake, and nothing in the outlines
+themselves shows it, so :func:`imported_results` warns when the pixel size a
+file records differs from the image's by more than :data:`MPP_TOLERANCE`, and
+when nuclei lie outside the image: those are left out (counted as skipped, their
+rows absent from ``nucleus_id``) and the warning says how many; when more than
+:data:`MANY_OUTSIDE` of them, or all, lie outside, it asks whether the outlines
+are of this image (all outside is an error).
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ if TYPE_CHECKING:
     from ..slide import Slide
 
 IMPORT_FORMATS = ("geojson", "imagescope", "hovernet", "cellvit")
+MPP_TOLERANCE = 0.10  # relative difference of file and image pixel sizes warned of
+MANY_OUTSIDE = 0.10  # share of nuclei outside the image that suggests another image
+OUTSIDE = "outside the image"  # the skipped reason of nuclei outside it
 FORMAT_NAMES = {
     "geojson": "qupath-geojson",
     "imagescope": "imagescope-xml",
@@ -332,55 +343,120 @@ def imported_results(
 
     ``nucleus_id`` is the row of each nucleus in ``imported``; ``segmenter`` is
     the import format (``qupath-geojson``, ...), and the provenance records the
-    file and how many of its objects were skipped.
+    file and how many of its objects were skipped. Nuclei outside the slide are
+    left out with a warning (their rows have no result).
+
+    Warns
+    -----
+    UserWarning
+        The file records a pixel size more than 10% off the slide's; nuclei lie
+        outside the slide (how many, and whether the file is of this image).
 
     Raises
     ------
     ValueError
-        A nucleus lies outside the slide (the file belongs to another image, or
-        its coordinates are not level-0 pixels).
+        Every nucleus lies outside the slide (the file belongs to another image,
+        or its coordinates are not level-0 pixels).
     """
     from ..points import embed_points
 
+    _check_scale(slide, imported)
+    rows = _rows_inside(slide, imported)
+    reasons = dict(imported.skipped_reasons)
+    if len(rows) < len(imported):
+        reasons[OUTSIDE] = len(imported) - len(rows)
     params = {
         "file": Path(imported.source).name,
-        "skipped": int(imported.n_skipped),
-        "skipped_reasons": {k: int(v) for k, v in imported.skipped_reasons.items()},
+        "skipped": int(sum(reasons.values())),
+        "skipped_reasons": {k: int(v) for k, v in reasons.items()},
     }
-    try:
-        return embed_points(
-            slide,
-            imported.centroids_xy,
-            encoder=encoder,
-            model=model,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            outlines=imported.outlines,
-            segmenter=imported.format,
-            segmenter_params=params,
-        )
-    except ValueError as err:
-        if "outside" not in str(err):
-            raise
+    adata = embed_points(
+        slide,
+        imported.centroids_xy[rows],
+        encoder=encoder,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        outlines=[imported.outlines[i] for i in rows],
+        segmenter=imported.format,
+        segmenter_params=params,
+    )
+    adata.obs["nucleus_id"] = rows.astype(np.int64)
+    return adata
+
+
+def _check_scale(slide: Slide, imported: ImportedNuclei) -> None:
+    """Warn when the file's pixel size is not the slide's (another image?)."""
+    if not (imported.mpp and slide.mpp):
+        return
+    if abs(imported.mpp / slide.mpp - 1) <= MPP_TOLERANCE:
+        return
+    warnings.warn(
+        f"{Path(imported.source).name} records {imported.mpp:g} microns per pixel "
+        f"but '{slide.path.name}' has {slide.mpp:g}: are these outlines of this "
+        "image? They are placed in its level-0 pixels as they are",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _rows_inside(slide: Slide, imported: ImportedNuclei) -> np.ndarray:
+    """Rows of the nuclei whose centre lies on the slide; warns of the others."""
+    xy = np.asarray(imported.centroids_xy, np.float64).reshape(-1, 2)
+    width, height = slide.dimensions
+    inside = np.isfinite(xy).all(axis=1)
+    inside &= (xy >= 0).all(axis=1) & (xy[:, 0] <= width) & (xy[:, 1] <= height)
+    rows = np.flatnonzero(inside)
+    n_out, total = len(xy) - len(rows), len(xy)
+    if not n_out:
+        return rows
+
+    # which, and what it suggests
+    example = tuple(round(float(v), 1) for v in xy[np.argmin(inside)])
+    where = (
+        f"{n_out:,} of {total:,} nuclei of {Path(imported.source).name} lie outside "
+        f"the {width}x{height} image '{slide.path.name}', e.g. (x, y)={example}"
+    )
+    if not len(rows):
         raise ValueError(
-            f"nuclei of {Path(imported.source).name} do not fit '{slide.path.name}': "
-            f"{err}. Is it the file of this image, in level-0 pixels?"
-        ) from err
+            f"{where}: none fit. Is it the file of this image, in level-0 pixels?"
+        )
+    question = (
+        "; are these outlines of this image, in level-0 pixels?"
+        if n_out > MANY_OUTSIDE * total
+        else ""
+    )
+    warnings.warn(
+        f"{where}; they were left out ({len(rows):,} embedded){question}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return rows
 
 
 def annotations_from_imported(
-    imported: ImportedNuclei, results_identity: dict, path: str | Path | None = None
+    imported: ImportedNuclei,
+    results_identity: dict,
+    path: str | Path | None = None,
+    nucleus_ids: np.ndarray | None = None,
 ) -> Annotations | None:
     """The classes of imported nuclei as labels (nucleus id = row); None if none.
 
     Types come in order of first appearance, with the file's colours (or the
     default ones). Names that differ only in case are one type. With ``path``
-    the annotations are saved there and later changes follow.
+    the annotations are saved there and later changes follow. ``nucleus_ids``
+    (the results' ``obs["nucleus_id"]``) labels only the nuclei embedded, not
+    those :func:`imported_results` left out; default: every row.
     """
     from ..annotations import Annotations
 
-    names = imported.class_names()
+    classes = np.asarray(imported.classes, dtype=object)
+    if nucleus_ids is not None:
+        kept = np.zeros(len(classes), dtype=bool)
+        kept[np.asarray(nucleus_ids, dtype=np.int64)] = True
+        classes = np.where(kept, classes, "")
+    names = [str(c) for c in dict.fromkeys(classes) if c]
     if not names:
         return None
     annotations = Annotations(None, results_identity)
@@ -393,7 +469,7 @@ def annotations_from_imported(
 
     # one label action per type
     ids = np.arange(len(imported), dtype=np.int64)
-    keys = np.array([str(c).strip().casefold() for c in imported.classes], dtype=object)
+    keys = np.array([str(c).strip().casefold() for c in classes], dtype=object)
     for key, name in canonical.items():
         annotations.label(ids[keys == key], name)
     if path is not None:
