@@ -277,6 +277,68 @@ def test_click_labels_the_nearest_nucleus_and_undo_restores(viewer, qtbot, loade
     assert panel.last_action.text() == "nothing to undo"
 
 
+def test_a_click_reaches_as_far_as_the_brush_radius(viewer, qtbot, loaded):
+    panel, layer, _ = loaded
+    panel.types.set_active("tumour")
+    panel.set_brush(True)
+    xy = panel.state.centroids_xy
+    gaps = np.hypot(*(xy[:, None] - xy[None]).transpose(2, 0, 1))
+    np.fill_diagonal(gaps, np.inf)
+    lonely = int(gaps.min(axis=1).argmax())  # its neighbours lie > 80 px away
+    assert gaps[lonely].min() > 80
+    near = xy[lonely] + (26.0, 0.0)  # 13 um away at 0.5 um/px
+
+    # a 10 um brush does not reach it; a 30 um brush labels that one nucleus
+    click(viewer, qtbot, layer, near)
+    assert panel.last_action.text() == "no nucleus there"
+    panel.radius.setValue(30.0)
+    click(viewer, qtbot, layer, near)
+
+    assert panel.state.annotations.labels() == {int(panel.state.ids[lonely]): "tumour"}
+    assert "within the brush radius" in panel.brush_button.toolTip()
+    assert panel.radius.maximum() == ctw.MAX_RADIUS_UM
+    assert f"to {ctw.MAX_RADIUS_UM:g} µm" in panel.radius.toolTip()
+
+
+def test_the_types_table_shows_four_rows_at_least(loaded):
+    panel, _, _ = loaded
+    table = panel.types.table
+    row_px = table.verticalHeader().defaultSectionSize()
+
+    assert table.minimumHeight() >= 4 * row_px + table.horizontalHeader().height()
+
+
+@pytest.mark.parametrize("panel_first", [True, False])
+def test_annotations_of_other_results_are_said_and_not_counted(
+    viewer, qtbot, store, panel_first
+):
+    from napari_lemon.annotations import results_identity
+
+    # labels beside the store, made on other results (other nucleus ids)
+    path, _ = store
+    other, _ = synthetic_results(n=300, seed=1)
+    beside = Annotations(annotations_path(path), results_identity(other))
+    beside.add_type("tumour", TUMOUR)
+    beside.label(other.obs["nucleus_id"].to_numpy()[:5], "tumour")
+    start = len(notification_manager.records)
+
+    panel = CellTypesWidget(viewer) if panel_first else None
+    open_results(viewer, path)
+    panel = panel or CellTypesWidget(viewer)
+    qtbot.addWidget(panel)
+    qtbot.waitUntil(lambda: panel.state.load_warning is not None, timeout=5000)
+
+    warned = [m for m in new_messages(start) if "may belong to other results" in m]
+    assert len(warned) == 1 and "n_obs 300 here, 600 in the results" in warned[0]
+    status = panel.save_status.text()
+    assert "may belong to other results" in status
+    assert "5 labels are of nuclei not in layer" in status
+    assert panel.types.row_texts() == [("tumour", "0")]
+    qtbot.waitUntil(lambda: panel.runner.idle, timeout=PROBE_TIMEOUT_MS)
+    assert panel.probe is None  # the labels of other nuclei train nothing
+    panel.close_panel()
+
+
 def test_ctrl_z_on_the_nuclei_layer_undoes(loaded):
     from napari.utils.key_bindings import coerce_keybinding
 
@@ -569,6 +631,31 @@ def test_a_file_that_is_not_a_probe_is_refused(loaded, tmp_path):
     assert not panel.apply_probe(bad)
 
     assert "cannot apply notes.safetensors" in new_messages(start)[0]
+
+
+def test_save_probe_without_a_nuclei_layer_says_so(panel):
+    start = len(notification_manager.records)
+
+    assert panel.save_probe() is None
+
+    [message] = new_messages(start)
+    assert "no LEMON nuclei layer" in message and "two types" not in message
+
+
+def test_apply_probe_asks_beside_the_results_store(loaded, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    panel, layer, _ = loaded
+    asked = []
+
+    def dialog(parent, title, start, filters):
+        asked.append(start)
+        return "", ""
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", dialog)
+
+    assert panel.apply_probe() is False
+    assert asked == [str(layer.metadata[STORE_PATH_KEY].parent)]
 
 
 def test_save_probe_before_there_is_one_says_what_to_do(loaded):

@@ -8,7 +8,9 @@ mouse position. On release the stroke goes to
 the brush radius of the polyline) and the result to the brush's ``on_stroke``
 callback as one :class:`Stroke`, so that one stroke is one undoable action. A
 press and release that moved less than :data:`CLICK_PX` screen pixels is a
-click: the nearest nucleus within ``click_um`` microns.
+click: the nearest nucleus within the brush radius (at least ``click_um``
+microns), so that a click labels one nucleus, the one the circle cursor is
+over or nearest to inside it; a drag labels every nucleus the circle passes.
 
 The brush shows itself as napari's circle cursor of its radius (scaled with the
 zoom) and, while dragging, as the stroke drawn as a path as wide as the brush in
@@ -71,7 +73,8 @@ class Brush:
     on_stroke : callable
         Called with a :class:`Stroke` after each stroke or click.
     radius_um, click_um : float
-        Brush radius, and how far from a nucleus a click may land, in microns.
+        Brush radius, and how far from a nucleus a click may land at least (a
+        larger brush reaches as far as its radius), in microns.
     on_off : callable, optional
         Called with False when the brush turns itself off (another layer or
         mode was chosen).
@@ -233,7 +236,8 @@ class Brush:
         spread = np.hypot(*(polyline_xy - polyline_xy[0]).T).max()
 
         if spread * screen_per_px < CLICK_PX:
-            row = self.index.nearest(polyline_xy[0], self.click_um * self.px_per_um())
+            reach_um = max(self.click_um, self._radius_um)
+            row = self.index.nearest(polyline_xy[0], reach_um * self.px_per_um())
             rows = np.array([] if row is None else [row], dtype=np.int64)
             stroke = Stroke(rows, True, polyline_xy)
         else:

@@ -17,6 +17,7 @@ change) and into the layer's AnnData, which saving and exporting read.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,9 @@ class LayerTyping:
     load_error : str or None
         Why the annotations beside the store could not be read (they are then
         kept in memory and never written over the file).
+    load_warning : str or None
+        What the annotations warned about when they were loaded: that they
+        seem to belong to other results.
     save_error : str or None
         Why the last change could not be saved.
     probe : LinearProbe or None
@@ -98,6 +102,7 @@ class LayerTyping:
         self._rows = pd.Index(self.ids)
         self._index: BrushIndex | None = None
         self.load_error: str | None = None
+        self.load_warning: str | None = None
         self.save_error: str | None = None
         self.shown_error: str | None = None  # the save error last notified
         self.shown: dict[str, str] = {}  # the colours the nuclei were last given
@@ -131,10 +136,15 @@ class LayerTyping:
             imported = self.layer.metadata.get(ANNOTATIONS_KEY)
             return imported if imported is not None else Annotations(None, identity)
         try:
-            annotations = Annotations.for_results(store, identity)
+            # NOTE: kept for the panel to show; a warning reaches the terminal only
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                annotations = Annotations.for_results(store, identity)
         except (ValueError, OSError) as err:
             self.load_error = str(err)
             return Annotations(None, identity)
+        said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        self.load_warning = "; ".join(said) or None
         self.path, annotations.path = annotations_path(store), None
         return annotations
 
@@ -192,6 +202,22 @@ class LayerTyping:
         """Call ``callback()`` after each change of the annotations (even new ones)."""
         self._listeners.append(callback)
         self.annotations.on_change(callback)
+
+    def counts(self) -> dict[str, int]:
+        """Labels per type among this layer's nuclei, every type (0 included).
+
+        Labels of nucleus ids the layer does not hold (annotations of other
+        results) are not counted: see :meth:`n_elsewhere`.
+        """
+        _, names = self.labelled()
+        counts = dict.fromkeys(self.annotations.type_names(), 0)
+        for name, n in pd.Series(names, dtype=object).value_counts().items():
+            counts[name] = int(n)
+        return counts
+
+    def n_elsewhere(self) -> int:
+        """How many labels are of nucleus ids this layer does not hold."""
+        return len(self.annotations.labels()) - len(self.labelled()[0])
 
     def save_state(self) -> str:
         """A sentence on where the labels are kept."""

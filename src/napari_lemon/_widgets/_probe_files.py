@@ -31,6 +31,18 @@ def default_probe_path(state: LayerTyping, name: str) -> Path | None:
     return store.with_name(f"{store.stem}.{name}{PROBE_SUFFIX}")
 
 
+def results_folder(state: LayerTyping) -> Path | None:
+    """The folder of the layer's results store, else of its slide; None if neither."""
+    from .._reader import SLIDE_PATH_KEY
+
+    store = store_path_of(state.layer)
+    slide = state.layer.metadata.get(SLIDE_PATH_KEY)
+    for path in (store, Path(slide) if slide else None):
+        if path is not None and path.parent.is_dir():
+            return path.parent
+    return None
+
+
 def save_probe(state: LayerTyping, path: str | Path) -> tuple[Path, Path | None]:
     """Save the layer's probe to ``path`` and its columns into the store.
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 SWATCH_PX = 16
 NAME_COLUMN, COUNT_COLUMN = 0, 1
+MIN_ROWS_SHOWN = 4  # the table stays this tall when several panels share the dock
 
 
 def swatch(colour: str, size: int = SWATCH_PX) -> QIcon:
@@ -60,6 +61,7 @@ class TypesList(QWidget):
     def __init__(self, on_active: Callable[[str | None], Any] | None = None) -> None:
         super().__init__()
         self.annotations: Annotations | None = None
+        self._counts: Callable[[], dict[str, int]] | None = None
         self._on_active = on_active
         self._active: str | None = None
         self._filling = False
@@ -79,6 +81,10 @@ class TypesList(QWidget):
             QAbstractItemView.EditTrigger.DoubleClicked
             | QAbstractItemView.EditTrigger.EditKeyPressed
         )
+        rows = MIN_ROWS_SHOWN * self.table.verticalHeader().defaultSectionSize()
+        frame = 2 * self.table.frameWidth()
+        header_px = self.table.horizontalHeader().sizeHint().height()
+        self.table.setMinimumHeight(rows + header_px + frame)
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.itemChanged.connect(self._on_item_edited)
 
@@ -107,9 +113,18 @@ class TypesList(QWidget):
         self.refresh()
 
     # ------------------------------------------------------------- content
-    def set_annotations(self, annotations: Annotations | None) -> None:
-        """Show (and edit) ``annotations``; the first type becomes active."""
+    def set_annotations(
+        self,
+        annotations: Annotations | None,
+        counts: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        """Show (and edit) ``annotations``; the first type becomes active.
+
+        ``counts()`` gives the label count of each type shown; default
+        ``annotations.counts()`` (every label, also of nuclei not shown).
+        """
         self.annotations = annotations
+        self._counts = counts
         names = [] if annotations is None else annotations.type_names()
         self._active = names[0] if names else None
         self.refresh()
@@ -136,7 +151,10 @@ class TypesList(QWidget):
         names = self._names()
         if self._active not in names:
             self._active = names[0] if names else None
-        counts = annotations.counts() if annotations is not None else {}
+        if annotations is None:
+            counts = {}
+        else:
+            counts = self._counts() if self._counts else annotations.counts()
         self._filling = True
         try:
             self.table.setRowCount(len(names))

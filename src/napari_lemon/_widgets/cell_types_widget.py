@@ -54,7 +54,13 @@ from ._layer_typing import (
     no_embeddings,
 )
 from ._nucleus_finder import NucleusFinder
-from ._probe_files import ask_probe_path, default_probe_path, load_probe_for, save_probe
+from ._probe_files import (
+    ask_probe_path,
+    default_probe_path,
+    load_probe_for,
+    results_folder,
+    save_probe,
+)
 from ._probe_job import ProbeOutcome, ProbeRequest, ProbeRunner
 from ._probe_report import ProbeReport
 from ._types_list import TypesList
@@ -66,6 +72,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROBE_NAME = "cell_type"
+MIN_RADIUS_UM, MAX_RADIUS_UM = 1.0, 500.0
 STORE_POLL_MS = 1000  # how often an unsaved layer is checked for a new store
 USER_ERRORS = (ValueError, OSError)
 
@@ -109,13 +116,19 @@ class CellTypesWidget(QWidget):
         self.brush_button = QPushButton("Brush")
         self.brush_button.setCheckable(True)
         self.brush_button.setToolTip(
-            "Drag over nuclei to label them with the active type; click one to "
-            "label it. The view does not pan while the brush is on"
+            "Drag over nuclei to label every nucleus the brush circle passes over "
+            "with the active type. A click labels one nucleus: the one nearest to "
+            "it within the brush radius. The view does not pan while the brush is on"
         )
         self.radius = QDoubleSpinBox()
-        self.radius.setRange(1.0, 500.0)
+        self.radius.setRange(MIN_RADIUS_UM, MAX_RADIUS_UM)
         self.radius.setValue(DEFAULT_RADIUS_UM)
         self.radius.setSuffix(" µm")
+        self.radius.setToolTip(
+            f"Brush radius, {MIN_RADIUS_UM:g} to {MAX_RADIUS_UM:g} µm (the largest "
+            "this box takes): a drag labels the nuclei within it of the path, a "
+            "click the nearest nucleus within it"
+        )
         self.erase = QCheckBox("erase")
         self.erase.setToolTip("Brushing and clicks remove labels instead")
         self.undo_button = QPushButton("Undo")
@@ -208,7 +221,7 @@ class CellTypesWidget(QWidget):
         self.set_brush(False)
         self.state = None if layer is None else self._state_of(layer)
         state = self.state
-        self.types.set_annotations(None if state is None else state.annotations)
+        self._show_types(state)
         self.finder.clear()
         if state is None:
             self.report.show_waiting(NO_LAYER)
@@ -235,10 +248,24 @@ class CellTypesWidget(QWidget):
             return None
         if state.load_error:
             show_error(f"LEMON cell types: {state.load_error}")
+        self._warn_loaded(state)
         state.on_change(lambda: self._on_annotations_changed(state))
         layer.bind_key("Control-z", lambda _layer: self.undo(), overwrite=True)
         self._states[layer] = state
         return state
+
+    def _show_types(self, state: LayerTyping | None) -> None:
+        """The types of ``state``, counting the labels of its layer's nuclei."""
+        if state is None:
+            self.types.set_annotations(None)
+        else:
+            self.types.set_annotations(state.annotations, state.counts)
+
+    @staticmethod
+    def _warn_loaded(state: LayerTyping) -> None:
+        """What the annotations warned about on loading, as a notification."""
+        if state.load_warning:
+            show_warning(f"LEMON cell types: {state.load_warning}")
 
     def _check_store(self) -> None:
         """Start saving (or load the labels) once the layer's store is known."""
@@ -247,7 +274,8 @@ class CellTypesWidget(QWidget):
         if what == "saved":
             self._report_saving(state)
         elif what == "loaded":
-            self.types.set_annotations(state.annotations)
+            self._show_types(state)
+            self._warn_loaded(state)
             if state.annotations.labels():
                 state.write_labels()
                 self.runner.request()
@@ -362,7 +390,7 @@ class CellTypesWidget(QWidget):
 
     def _update_status(self) -> None:
         state = self.state
-        self.save_status.setText(NO_LAYER if state is None else state.save_state())
+        self.save_status.setText(NO_LAYER if state is None else status_text(state))
         can_undo = state is not None and state.annotations.can_undo
         self.undo_button.setEnabled(can_undo)
 
@@ -431,7 +459,10 @@ class CellTypesWidget(QWidget):
             :meth:`default_probe_path`.
         """
         state = self.state
-        if state is None or state.probe is None:
+        if state is None:
+            show_error(f"LEMON cell types: {NO_LAYER}")
+            return None
+        if state.probe is None:
             show_error("LEMON cell types: no probe yet; label nuclei of two types")
             return None
         path = path or ask_probe_path(self, self.default_probe_path(), save=True)
@@ -469,7 +500,7 @@ class CellTypesWidget(QWidget):
             why = NO_LAYER if state is None else no_embeddings(state.layer)
             show_error(f"LEMON cell types: {why}")
             return False
-        path = path or ask_probe_path(self, None, save=False)
+        path = path or ask_probe_path(self, results_folder(state), save=False)
         if not path:
             return False
         try:
@@ -491,6 +522,21 @@ class CellTypesWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self.close_panel()
         super().closeEvent(event)
+
+
+def status_text(state: LayerTyping) -> str:
+    """Where the labels are kept, and what the loaded ones warned about."""
+    lines = [state.save_state()]
+    if state.load_warning:
+        lines.append(state.load_warning)
+    elsewhere = state.n_elsewhere()
+    if elsewhere:
+        lines.append(
+            f"{elsewhere:,} labels are of nuclei not in layer {state.layer.name!r} "
+            "(labels of other results?): they are not counted and do not train "
+            "the probe"
+        )
+    return "\n".join(lines)
 
 
 def _group(title: str, *parts: Any) -> QGroupBox:
