@@ -207,15 +207,21 @@ def test_errors_are_notifications(viewer, panel, qtbot):
     panel._k.value = 8
     assert panel.run() is None
     assert "k=8 clusters need at least 8 nuclei" in messages_since(start)[-1]
+    assert "lower 'clusters (k)'" in messages_since(start)[-1]
 
-    panel._method.value = cw.LEIDEN  # too few for a neighbour graph: the worker says
-    panel.run()
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=TIMEOUT_MS)
-    assert (
-        "Leiden with n_neighbors=15 needs at least 16 nuclei"
-        in messages_since(start)[-1]
-    )
-    assert panel._status.value == "failed" and "leiden" not in layer.features
+    # too few for Suggest k or a neighbour graph: said before anything runs, in
+    # words of the panel's own controls
+    assert panel.suggest_k() is None
+    message = messages_since(start)[-1]
+    assert "Suggest k scores k = 2..12 and needs at least 13 nuclei" in message
+    assert "has 5: set 'clusters (k)' yourself (at most 5)" in message
+    panel._method.value = cw.LEIDEN
+    assert panel.run() is None
+    message = messages_since(start)[-1]
+    assert "Leiden needs at least 16 nuclei" in message and "has 5" in message
+    assert "choose method 'k-means' with 'clusters (k)' at most 5" in message
+    assert not any("Lower" in m or "n_neighbors" in m for m in messages_since(start))
+    assert "leiden" not in layer.features
 
     del layer.metadata["lemon_adata"].obsm["X_lemon"]
     assert panel.suggest_k() is None

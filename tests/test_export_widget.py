@@ -158,7 +158,7 @@ def test_export_errors_are_notifications(viewer, panel, tmp_path):
     add_nuclei(viewer, small_results(), image, 0.5, outlines=False)
     assert panel.export(tmp_path / "x.txt") is None
     assert "cannot tell the export format" in messages_since(start)[-1]
-    assert panel.export(tmp_path / "x.h5ad", fmt="xlsx") is None
+    assert panel.export(tmp_path / "x.xlsx", fmt="xlsx") is None
     assert "export format 'xlsx' is unknown" in messages_since(start)[-1]
 
 
@@ -181,6 +181,32 @@ def test_import_errors_are_notifications(viewer, panel, tmp_path, qtbot):
     panel.import_nuclei(qupath_geojson(tmp_path / "one.geojson", [(20, 20)], [""]))
     wait(panel, qtbot)
     assert "pixel size of the image is unknown" in messages_since(start)[-1]
+
+
+def test_import_dialog_starts_beside_the_slide(viewer, panel, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from qtpy.QtWidgets import QFileDialog
+
+    asked = []
+
+    def dialog(parent, title, start, filters):
+        asked.append(start)
+        return "", ""
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", dialog)
+    slide = tmp_path / "slides" / "he.svs"
+    slide.parent.mkdir()
+    pixels = np.zeros((50, 50, 3), np.uint8)
+    plain = viewer.add_image(pixels, rgb=True, name="plain")
+    viewer.add_image(pixels, rgb=True, name="he", metadata={"lemon_slide_path": slide})
+
+    panel._image.value = plain
+    assert panel.import_nuclei() is None
+    panel._image.value = viewer.layers["he"]
+    assert panel.import_nuclei() is None
+
+    assert asked == [str(Path.home()), str(slide.parent)]
 
 
 def test_skipped_objects_are_counted_in_words():

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 KMEANS, LEIDEN = "k-means", "Leiden"
 COLUMNS = {KMEANS: "cluster", LEIDEN: "leiden"}
 SUGGEST_KS = range(2, 13)
+LEIDEN_NEIGHBOURS = 15  # each nucleus linked to this many in Leiden's graph
 WHAT = "LEMON clusters"
 
 
@@ -89,7 +90,11 @@ def cluster_job(
         from napari_lemon.analysis.graph_clusters import cluster_leiden
 
         labels = cluster_leiden(
-            embeddings, resolution=resolution, seed=seed, progress=report
+            embeddings,
+            resolution=resolution,
+            n_neighbors=LEIDEN_NEIGHBOURS,
+            seed=seed,
+            progress=report,
         )
     labels = np.asarray(labels, dtype=np.int64)
 
@@ -245,8 +250,13 @@ class ClustersWidget(Container):
         """The chosen nuclei layer."""
         return self._layer.value
 
-    def _checked_embeddings(self, n_clusters: int | None = None) -> Any:
-        """The chosen layer's embeddings, or None after an error notification."""
+    def _checked_embeddings(self, need: tuple[int, str] | None = None) -> Any:
+        """The chosen layer's embeddings, or None after an error notification.
+
+        ``need`` is ``(n, why)``: at least ``n`` nuclei, else the message says
+        ``why`` they are needed and what to do in the panel (``{n}`` in it is
+        replaced by the layer's count, ``{name}`` by its name).
+        """
         layer = self.layer
         if layer is None:
             show_error(
@@ -259,11 +269,8 @@ class ClustersWidget(Container):
             show_error(f"{WHAT}: {err}")
             return None
         n = len(embeddings)
-        if n_clusters is not None and n < n_clusters:
-            show_error(
-                f"{WHAT}: k={n_clusters} clusters need at least {n_clusters} nuclei "
-                f"and {layer.name!r} has {n}; lower k"
-            )
+        if need is not None and n < need[0]:
+            show_error(f"{WHAT}: " + need[1].format(n=n, name=layer.name))
             return None
         return embeddings
 
@@ -271,7 +278,21 @@ class ClustersWidget(Container):
         """Cluster the chosen layer; the worker, or None after an error message."""
         method = self._method.value
         k = int(self._k.value) if method == KMEANS else None
-        embeddings = self._checked_embeddings(k)
+        if k is not None:
+            need = (
+                k,
+                f"k={k} clusters need at least {k} nuclei and {{name!r}} has {{n}}; "
+                "lower 'clusters (k)'",
+            )
+        else:
+            leiden = LEIDEN_NEIGHBOURS + 1
+            need = (
+                leiden,
+                f"Leiden needs at least {leiden} nuclei (it links each nucleus to "
+                f"its {LEIDEN_NEIGHBOURS} most similar) and {{name!r}} has {{n}}; "
+                "choose method 'k-means' with 'clusters (k)' at most {n}",
+            )
+        embeddings = self._checked_embeddings(need)
         if embeddings is None:
             return None
         layer, column = self.layer, COLUMNS[method]
@@ -310,7 +331,15 @@ class ClustersWidget(Container):
 
     def suggest_k(self) -> Any:
         """Score k = 2..12 by silhouette in a worker; the best k is then set."""
-        embeddings = self._checked_embeddings(SUGGEST_KS.start)
+        least = SUGGEST_KS[-1] + 1
+        embeddings = self._checked_embeddings(
+            (
+                least,
+                f"Suggest k scores k = {SUGGEST_KS.start}..{SUGGEST_KS[-1]} and "
+                f"needs at least {least} nuclei; {{name!r}} has {{n}}: set "
+                "'clusters (k)' yourself (at most {n}) and Run",
+            )
+        )
         if embeddings is None:
             return None
         return self.job.start(

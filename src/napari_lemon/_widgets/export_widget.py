@@ -301,7 +301,7 @@ class ExportWidget(Container):
             show_error(f"{WHAT}: open the image the nuclei were outlined on first")
             return None
         if path is None:
-            path = self._ask_import_path()
+            path = self._ask_import_path(image)
             if not path:
                 return None
         path = Path(path)
@@ -349,11 +349,14 @@ class ExportWidget(Container):
         self._status.value = f"{adata.n_obs:,} nuclei imported"
         show_info(f"{WHAT}: {adata.n_obs:,} nuclei from {path.name}{labelled}{skipped}")
 
-    def _ask_import_path(self) -> str:
+    def _ask_import_path(self, image: Image) -> str:
+        """A nuclei file chosen in a dialog that starts beside the image's slide."""
         from qtpy.QtWidgets import QFileDialog
 
+        slide = _source.slide_path_of(image)
+        folder = slide.parent if slide is not None and slide.parent.is_dir() else None
         path, _ = QFileDialog.getOpenFileName(
-            self.native, "Import nuclei", str(Path.home()), IMPORT_FILTER
+            self.native, "Import nuclei", str(folder or Path.home()), IMPORT_FILTER
         )
         return path
 
