@@ -111,6 +111,7 @@ def test_a_changed_setting_needs_overwrite(capsys, analyzed, cmu1, random_encode
     argv += ["--model", random_encoder_path, "--tile-um", 80]
     err = run_error(capsys, argv)
     assert "--overwrite" in err and STORE in err
+    assert "overwrite=True" not in err  # the flag, not the parameter
 
 
 def test_demo_analyses_the_sample_from_a_data_dir(
@@ -211,6 +212,95 @@ def test_embed_carries_csv_columns_into_obs(cmu1, random_encoder_path, tmp_path)
     assert adata.obs["cell_type"].tolist() == ["epithelial", "fibroblast"]
     np.testing.assert_allclose(adata.obsm["spatial"], [[1100.5, 1500], [1200, 1600]])
     assert adata.obsm["X_lemon"].shape == (2, 384)
+
+
+@pytest.fixture
+def points_tile(tmp_path):
+    """A 200 x 300 px PNG and a CSV of two nucleus centres on it."""
+    image = tmp_path / "tile.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(image)
+    csv = tmp_path / "points.csv"
+    csv.write_text("x,y\n50,60\n150,100\n")
+    return image, csv
+
+
+def embed_argv(points_tile, out, random_encoder_path, *extra):
+    image, csv = points_tile
+    argv = ["embed", image, "--points", csv, "--out", out, "--mpp", 0.5]
+    return [str(a) for a in argv + ["--model", random_encoder_path, *extra]]
+
+
+def test_embed_refuses_an_existing_output_unless_overwrite(
+    capsys, points_tile, random_encoder_path, tmp_path
+):
+    from napari_lemon.annotations import Annotations, annotations_path
+
+    out = tmp_path / "e.h5ad"
+    out.write_text("earlier results")
+    labels = annotations_path(out)
+    Annotations(labels).add_type("tumour")
+
+    err = run_error(capsys, embed_argv(points_tile, out, random_encoder_path))
+    assert f"--out '{out}' exists; pass --overwrite to replace it (and the " in err
+    assert "labels e.annotations.json beside it)" in err
+    assert out.read_text() == "earlier results" and labels.exists()
+
+    argv = embed_argv(points_tile, out, random_encoder_path, "--overwrite")
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert read_results(out).n_obs == 2 and "2 nuclei embedded" in stdout
+    (aside,) = tmp_path.glob("e.annotations.replaced-*.json")
+    assert not labels.exists()  # they labelled the results replaced
+    assert f"the labels that were beside e.h5ad are kept as {aside}" in stdout
+    assert Annotations.load(aside).type_names() == ["tumour"]
+
+
+def test_embed_refuses_labels_left_beside_a_missing_output(
+    capsys, points_tile, random_encoder_path, tmp_path
+):
+    from napari_lemon.annotations import Annotations, annotations_path
+
+    out = tmp_path / "e.h5ad"
+    Annotations(annotations_path(out)).add_type("tumour")
+
+    err = run_error(capsys, embed_argv(points_tile, out, random_encoder_path))
+
+    assert "e.annotations.json of earlier results lie beside it" in err
+    assert "pass --overwrite to set it aside" in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [("e.csv", "must end in .h5ad"), ("folder.h5ad", "is a folder; give an .h5ad")],
+)
+def test_embed_refuses_an_output_that_is_not_an_h5ad_file(
+    capsys, points_tile, random_encoder_path, tmp_path, out, message
+):
+    (tmp_path / "folder.h5ad").mkdir()
+    argv = embed_argv(points_tile, tmp_path / out, random_encoder_path)
+
+    assert message in run_error(capsys, argv)
+
+
+def test_embed_of_one_point_says_nucleus(
+    capsys, points_tile, random_encoder_path, tmp_path
+):
+    image, csv = points_tile
+    csv.write_text("x,y\n50,60\n")
+
+    argv = embed_argv(points_tile, tmp_path / "e.h5ad", random_encoder_path)
+    assert cli.main(argv) == 0
+    assert "1 nucleus embedded" in capsys.readouterr().out
+
+
+def test_counted_and_cli_wording():
+    assert cli.counted(1, "nucleus", "nuclei") == "1 nucleus"
+    assert cli.counted(0, "nucleus", "nuclei") == "0 nuclei"
+    assert cli.counted(2048, "cell type") == "2,048 cell types"
+    assert cli.cli_wording("or --overwrite (overwrite=True) to start over") == (
+        "or --overwrite to start over"
+    )
 
 
 # user errors: one line on stderr, status 2

@@ -116,6 +116,44 @@ def test_export_errors_are_one_line_naming_the_file(
     assert message.format(**names) in run_error(capsys, ["export", *argv])
 
 
+@pytest.mark.parametrize(
+    "fmt, name, says",
+    [("csv", "x.geojson", "geojson"), ("geojson", "x.csv.gz", "csv"),
+     ("h5ad", "x.json", "geojson")],
+)  # fmt: skip
+def test_a_format_the_name_contradicts_is_refused(
+    capsys, tmp_path, results, fmt, name, says
+):
+    out = tmp_path / name
+    argv = ["export", results, "--format", fmt, "--out", out]
+
+    err = run_error(capsys, argv)
+
+    assert f"format {fmt!r} disagrees with the name {name!r}, which says " in err
+    assert f"{says!r}; end the name in .{fmt}" in err and not out.exists()
+
+
+def test_an_export_that_cannot_be_written_names_the_file_not_a_temporary_one(
+    capsys, tmp_path, results, monkeypatch
+):
+    import os
+
+    replace = os.replace
+
+    def refuse(src, dst):  # as in a folder one may not write to
+        if str(dst).endswith("y.geojson"):
+            raise PermissionError(13, "Permission denied", str(src))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    out = tmp_path / "ro" / "y.geojson"
+
+    err = run_error(capsys, ["export", results, "--out", out])
+
+    assert f"cannot write {out}: Permission denied; choose a folder you may " in err
+    assert ".part" not in err and not list(out.parent.iterdir())
+
+
 def test_an_unknown_format_is_refused_by_the_parser(capsys, results, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["export", str(results), "--format", "shp", "--out", "n.shp"])
@@ -139,10 +177,11 @@ def tile(tmp_path):
     return path
 
 
-def detections(tmp_path, classes):
+def detections(tmp_path, classes, x0=40):
+    """Round nuclei 50 px apart from ``x0`` along y = 100, classified or not."""
     features = []
     for i, name in enumerate(classes):
-        ring = circle((40 + 50 * i, 100), 6)
+        ring = circle((x0 + 50 * i, 100), 6)
         properties = {"objectType": "detection"}
         if name:
             properties["classification"] = {"name": name, "color": [200, 0, 10]}
@@ -183,6 +222,49 @@ def test_embed_nuclei_writes_results_and_their_labels(
     assert "2 cell types ->" in stdout
 
 
+def test_embed_nuclei_again_keeps_the_earlier_labels_aside(
+    capsys, tile, tmp_path, random_encoder_path
+):
+    out = tmp_path / "tile.h5ad"
+    argv = ["embed", tile, "--out", out, "--mpp", 0.5, "--model", random_encoder_path]
+    nuclei = detections(tmp_path, ["Tumor"])
+    assert run([*argv, "--nuclei", nuclei])[0] == 0
+    labels = Annotations.load(annotations_path(out))
+    labels.add_type("brushed")  # work done since
+    labels.label([0], "brushed")
+
+    # refused without --overwrite
+    err = run_error(capsys, [*argv, "--nuclei", nuclei])
+    assert "exists; pass --overwrite to replace it (and the labels" in err
+
+    # with it: new labels, the earlier ones renamed aside
+    status, stdout = run([*argv, "--nuclei", nuclei, "--overwrite"])
+    assert status == 0
+    assert "1 nucleus of cells.geojson embedded" in stdout
+    assert "1 cell type ->" in stdout
+    (aside,) = tmp_path.glob("tile.annotations.replaced-*.json")
+    assert f"are kept as {aside}" in stdout
+    assert Annotations.load(aside).labels() == {0: "brushed"}
+    assert Annotations.load(annotations_path(out)).labels() == {0: "Tumor"}
+
+
+def test_embed_nuclei_partly_outside_counts_them_and_labels_the_rest(
+    capsys, tile, tmp_path, random_encoder_path
+):
+    nuclei = detections(tmp_path, ["Tumor"] * 7 + ["Stroma"], x0=60)  # last: x = 410
+    out = tmp_path / "tile.h5ad"
+    argv = ["embed", tile, "--nuclei", nuclei, "--out", out, "--mpp", 0.5]
+
+    status, stdout = run([*argv, "--model", random_encoder_path])
+
+    assert status == 0
+    assert "1 of 8 nuclei of cells.geojson lie outside" in capsys.readouterr().err
+    assert "7 nuclei of cells.geojson (1 skipped) embedded" in stdout
+    assert "1 cell type ->" in stdout
+    assert read_results(out).obs["nucleus_id"].tolist() == list(range(7))
+    assert Annotations.load(annotations_path(out)).type_names() == ["Tumor"]
+
+
 def test_embed_nuclei_without_classes_writes_no_annotations(
     tile, tmp_path, random_encoder_path
 ):
@@ -219,12 +301,13 @@ def test_embed_nuclei_errors_name_the_file(capsys, tile, tmp_path, nuclei, messa
 
 
 def test_embed_nuclei_of_another_image_is_refused(capsys, tile, tmp_path):
-    nuclei = detections(tmp_path, [""] * 10)  # the last lies at x = 490 > 400
+    nuclei = detections(tmp_path, [""] * 10, x0=9000)  # off the 400 px wide tile
     argv = ["embed", tile, "--nuclei", nuclei, "--out", tmp_path / "o.h5ad"]
 
     err = run_error(capsys, argv + ["--mpp", 0.5])
 
-    assert "cells.geojson do not fit 'tile.png'" in err
+    assert "10 of 10 nuclei of cells.geojson lie outside the 400x300 image" in err
+    assert "'tile.png'" in err and "none fit. Is it the file of this image" in err
     assert not (tmp_path / "o.h5ad").exists()
 
 

@@ -250,3 +250,25 @@ def test_results_identity_of_an_export_matches_its_results(tmp_path):
     back = anndata.read_h5ad(export_h5ad(adata, tmp_path / "n.h5ad"))
 
     assert results_identity(back) == results_identity(adata)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda tmp: PermissionError(13, "Permission denied", str(tmp)),
+        lambda tmp: OSError(f"Unable to create file (name = '{tmp}', errno = 13)"),
+    ],
+)
+def test_write_failures_name_the_target_not_the_temporary_file(tmp_path, error):
+    from napari_lemon.export._io import atomic_output
+
+    target = tmp_path / "cells.h5ad"
+    with pytest.raises(OSError, match="choose a folder you may write to") as caught:
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise error(tmp)
+
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {target}: ")
+    assert ".part" not in message
+    assert not target.exists() and not list(tmp_path.iterdir())

@@ -6,7 +6,7 @@ Subcommands::
                                        DIR/<stem>.zarr results stores (resumable),
                                        DIR/<stem>.overlay.png, DIR/summary.csv
     lemon segment SLIDE --out labels.tif
-    lemon embed SLIDE --points points.csv --out embeddings.h5ad
+    lemon embed SLIDE --points points.csv --out embeddings.h5ad [--overwrite]
     lemon embed SLIDE --nuclei outlines.geojson --out embeddings.h5ad
                                        outlines from QuPath, ImageScope, HoVer-Net,
                                        CellViT instead of segmenting
@@ -19,6 +19,12 @@ Errors the user can fix (a missing file, an unreadable slide, no pixel size, a
 weights file of another model) print one ``lemon: error: ...`` line and exit with
 status 2. Several slides run on Dask, one task each; a slide that fails is
 reported in the summary and the command exits with status 1.
+
+``embed`` refuses an existing ``--out``, or an annotations file beside it (the
+labels of earlier results), unless ``--overwrite`` is given; the annotations are
+then never written over but renamed aside
+(``x.annotations.replaced-<time>.json``, :func:`napari_lemon.annotations.set_aside`)
+and the command says so.
 """
 
 from __future__ import annotations
@@ -118,7 +124,17 @@ class StageBars:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"lemon: warning: {message}", file=sys.stderr)
+    print(f"lemon: warning: {cli_wording(str(message))}", file=sys.stderr)
+
+
+def cli_wording(message: str) -> str:
+    """A library message as the command line says it: flags, not parameters."""
+    return message.replace("--overwrite (overwrite=True)", "--overwrite")
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``"1 nucleus"``, ``"2,048 nuclei"``: a count and its noun, singular or plural."""
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
 
 
 # outputs
@@ -210,12 +226,54 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_embed_out(out: str | Path, overwrite: bool) -> Path:
+    """``--out`` of ``lemon embed``, refused when it, or labels beside it, exist.
+
+    Without ``overwrite`` an existing ``.h5ad`` or annotations file beside it
+    (which the new results would inherit or replace) is refused, before any work.
+    """
+    from .annotations import annotations_path
+
+    out = Path(out)
+    if out.suffix != ".h5ad":
+        raise ValueError(f"--out {str(out)!r} must end in .h5ad")
+    if out.is_dir():
+        raise ValueError(f"--out '{out}' is a folder; give an .h5ad file name")
+    labels = annotations_path(out)
+    if overwrite:
+        return out
+    if out.exists():
+        also = f" (and the labels {labels.name} beside it)" if labels.exists() else ""
+        raise ValueError(
+            f"--out '{out}' exists; pass --overwrite to replace it{also}, or give "
+            "another --out"
+        )
+    if labels.exists():
+        raise ValueError(
+            f"--out '{out}': the labels {labels} of earlier results lie beside it; "
+            "give another --out, move that file away, or pass --overwrite to set "
+            "it aside"
+        )
+    return out
+
+
+def set_labels_aside(out: Path) -> str:
+    """Rename the annotations beside ``out`` aside; a sentence saying so, or ''."""
+    from .annotations import annotations_path, set_aside
+
+    aside = set_aside(annotations_path(out))
+    if aside is None:
+        return ""
+    return f"the labels that were beside {out.name} are kept as {aside}"
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from .checkpoint import load_encoder
     from .points import embed_points
     from .slide import open_slide, require_mpp
     from .store import write_results
 
+    out = check_embed_out(args.out, args.overwrite)
     if args.nuclei is not None:
         from .export_command import cmd_embed_nuclei
 
@@ -234,10 +292,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=bars,
         )
-    write_results(adata, args.out)
+    write_results(adata, out)
+    aside = set_labels_aside(out)  # they label the results just replaced
 
     seconds = time.perf_counter() - start
-    print(f"{adata.n_obs:,} nuclei embedded, {seconds:.1f} s -> {args.out}")
+    embedded = counted(adata.n_obs, "nucleus", "nuclei")
+    print(f"{embedded} embedded, {seconds:.1f} s -> {out}")
+    if aside:
+        print(aside)
     return 0
 
 
@@ -381,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
         "XML, HoVer-Net or CellViT JSON (level-0 px); their classes become labels",
     )
     embed.add_argument("--out", required=True, help=".h5ad file to write")
+    embed.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out when it exists; labels beside it are renamed aside "
+        "(<name>.annotations.replaced-<time>.json), never written over",
+    )
     _add_mpp_option(embed)
     _add_model_options(embed)
     embed.set_defaults(func=cmd_embed)
@@ -409,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args)
         except (*USER_ERRORS, BackendError) as err:
-            print(f"lemon: error: {err}", file=sys.stderr)
+            print(f"lemon: error: {cli_wording(str(err))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return 130

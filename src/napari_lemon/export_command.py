@@ -3,7 +3,7 @@
 ::
 
     lemon export RESULTS --format geojson|h5ad|csv --out FILE [--gzip] [--overwrite]
-    lemon embed IMAGE --nuclei FILE --out OUT.h5ad [--mpp MPP]
+    lemon embed IMAGE --nuclei FILE --out OUT.h5ad [--mpp MPP] [--overwrite]
 
 ``export`` reads a results store (``.zarr`` or ``.h5ad``) and the annotations
 beside it and writes one file (:func:`napari_lemon.export.export_results`). The
@@ -15,9 +15,11 @@ name and renamed when complete.
 ``embed --nuclei`` embeds nuclei outlined by another tool (QuPath GeoJSON,
 ImageScope XML, HoVer-Net or CellViT JSON) instead of segmenting: the results go
 to ``OUT.h5ad`` and, when the file classifies its nuclei, the classes become
-labels in the annotations file beside it. A plain image that records no pixel
-size takes the ``MicronsPerPixel`` of an ImageScope file, with a warning,
-unless ``--mpp`` is given.
+labels in the annotations file beside it. An existing ``OUT.h5ad``, or labels
+beside it, are refused unless ``--overwrite`` is given, and labels are then
+renamed aside, never written over (:func:`napari_lemon.cli.check_embed_out`). A
+plain image that records no pixel size takes the ``MicronsPerPixel`` of an
+ImageScope file, with a warning, unless ``--mpp`` is given.
 """
 
 from __future__ import annotations
@@ -83,14 +85,12 @@ def cmd_embed_nuclei(args: argparse.Namespace) -> int:
     """``lemon embed IMAGE --nuclei FILE --out OUT.h5ad``."""
     from .annotations import annotations_path, results_identity
     from .checkpoint import load_encoder
-    from .cli import StageBars
+    from .cli import StageBars, check_embed_out, counted, set_labels_aside
     from .export import annotations_from_imported, imported_results, read_nuclei_file
     from .store import write_results
 
     start = time.perf_counter()
-    out = Path(args.out)
-    if out.suffix != ".h5ad":
-        raise ValueError(f"--out {str(out)!r} must end in .h5ad")
+    out = check_embed_out(args.out, args.overwrite)
     imported = read_nuclei_file(args.nuclei)
 
     with _open_image(args.input, args.mpp, imported) as slide, StageBars() as bars:
@@ -99,16 +99,25 @@ def cmd_embed_nuclei(args: argparse.Namespace) -> int:
             slide, imported, encoder=encoder, batch_size=args.batch_size, progress=bars
         )
     write_results(adata, out)
+    aside = set_labels_aside(out)  # the labels of the results just replaced
     labels = annotations_path(out)
-    annotations = annotations_from_imported(imported, results_identity(adata), labels)
+    ids = adata.obs["nucleus_id"].to_numpy()
+    annotations = annotations_from_imported(
+        imported, results_identity(adata), labels, nucleus_ids=ids
+    )
 
     seconds = time.perf_counter() - start
-    skipped = f" ({imported.n_skipped:,} skipped)" if imported.n_skipped else ""
-    typed = f", {len(annotations.types)} cell types -> {labels}" if annotations else ""
+    n_skipped = int(adata.uns["lemon"]["segmenter"]["params"]["skipped"])
+    skipped = f" ({n_skipped:,} skipped)" if n_skipped else ""
+    typed = ""
+    if annotations:
+        typed = f", {counted(len(annotations.types), 'cell type')} -> {labels}"
     print(
-        f"{adata.n_obs:,} nuclei of {Path(args.nuclei).name}{skipped} embedded, "
-        f"{seconds:.1f} s -> {out}{typed}"
+        f"{counted(adata.n_obs, 'nucleus', 'nuclei')} of {Path(args.nuclei).name}"
+        f"{skipped} embedded, {seconds:.1f} s -> {out}{typed}"
     )
+    if aside:
+        print(aside)
     return 0
 
 

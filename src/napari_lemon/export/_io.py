@@ -26,17 +26,36 @@ def wants_gzip(path: Path, gzip: bool | None) -> bool:
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed to it when the block succeeds."""
+    """A temporary path beside ``path``, renamed to it when the block succeeds.
+
+    Raises
+    ------
+    OSError
+        Writing failed (a read-only folder, a full disk): the message names
+        ``path``, never the temporary file, and says what to do.
+    """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name to export to")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, tmp, err) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder is not there
+            tmp.unlink(missing_ok=True)
+
+
+def write_error(path: Path, tmp: Path, err: OSError) -> OSError:
+    """``err`` as an OSError about ``path`` (not ``tmp``), saying what to do."""
+    reason = err.strerror or str(err).replace(str(tmp), str(path))
+    return type(err)(
+        f"cannot write {path}: {reason}; choose a folder you may write to (with "
+        "free space), or pass another file name"
+    )
 
 
 def read_for_export(path: str | Path, embeddings: bool = True) -> AnnData:

@@ -31,9 +31,19 @@ def format_from_name(path: str | Path) -> str | None:
 
 
 def check_format(fmt: str | None, out: str | Path) -> str:
-    """``fmt`` checked, or taken from the name of ``out``; ValueError otherwise."""
+    """``fmt`` checked, or taken from the name of ``out``; ValueError otherwise.
+
+    A format that another format's extension contradicts (``csv`` into
+    ``cells.geojson``) is refused: the file would open as the wrong thing.
+    """
+    named = format_from_name(out)
+    if fmt is not None and named is not None and fmt != named:
+        raise ValueError(
+            f"format {fmt!r} disagrees with the name {Path(out).name!r}, which "
+            f"says {named!r}; end the name in .{fmt} or choose format {named!r}"
+        )
     if fmt is None:
-        fmt = format_from_name(out)
+        fmt = named
         if fmt is None:
             raise ValueError(
                 f"cannot tell the export format from the name {str(out)!r}; give "
