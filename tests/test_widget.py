@@ -647,3 +647,18 @@ def test_colour_by_follows_a_recolour_made_elsewhere(viewer, widget, qtbot):
     # choosing in the panel still recolours
     widget._colour_by.value = "cluster"
     assert nuclei.metadata[COLOUR_KEY]["column"] == "cluster"
+
+
+def test_colour_by_a_probe_uses_the_type_colours_the_results_keep(widget):
+    import pandas as pd
+
+    adata = small_results("a.svs")
+    adata.obs["probe_kind"] = pd.Categorical(["a", "b"] * 15)
+    adata.uns["probe_kind_colors"] = ["#ff0000", "#0000ff"]
+    nuclei = widget.show_nuclei(adata, None, SYNTH_MPP)
+
+    widget._colour_by.value = "probe_kind"
+
+    colours = np.asarray(nuclei.face_color)
+    np.testing.assert_allclose(colours[0, :3], (1, 0, 0))
+    np.testing.assert_allclose(colours[1, :3], (0, 0, 1))

@@ -216,3 +216,23 @@ def add_nuclei(
         viewer, points, np.asarray(packed["offsets"]), np.asarray(packed["xy"])
     )
     return points
+
+
+def stored_palette(layer: Points, column: str) -> dict | None:
+    """The colours the results keep for a categorical column, or None.
+
+    scanpy's convention: ``uns["<column>_colors"]``, one colour per category in
+    order (the probe's and the labels' type colours are kept so).
+    """
+    adata = layer.metadata.get(ADATA_KEY)
+    colours = None if adata is None else adata.uns.get(f"{column}_colors")
+    values = layer.features.get(column)
+    if colours is None or values is None:
+        return None
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return None
+    categories = [str(c) for c in values.cat.categories]
+    colours = [str(c) for c in np.asarray(colours).reshape(-1)]
+    if len(colours) != len(categories):
+        return None
+    return dict(zip(categories, colours, strict=True))

@@ -229,7 +229,7 @@ class AnalysisWidget(Container):
         layer = self.results_layer()
         current = None if layer is None else layer.metadata.get("lemon_colour", {})
         if column and layer is not None and current.get("column", "cluster") != column:
-            recolour(layer, column)
+            recolour(layer, column, _results.stored_palette(layer, column))
 
     def _start_colour_timer(self) -> None:
         """Look every :data:`COLOUR_POLL_MS` at what the nuclei are coloured by.
