@@ -77,8 +77,7 @@ def test_train_then_apply_types_every_nucleus(tmp_path, capsys):
 
     assert main(["probe", "train", str(store), "--out", str(probe_path)]) == 0
     out = capsys.readouterr().out
-    assert "cross-validation (tiles): 4 folds of whole regions" in out
-    assert "balanced accuracy 1.00" in out
+    assert out.startswith("balanced accuracy 1.00 (5 folds of whole regions)\n")
     assert "confusion (rows: labelled as" in out and "immune" in out
     assert f"of 36 labels (tumour 12, immune 12, stroma 12) -> {probe_path}" in out
     probe = LinearProbe.load(probe_path)
@@ -104,8 +103,39 @@ def test_train_on_one_tile_uses_spatial_blocks(tmp_path, capsys):
     args = ["probe", "train", str(results), "--out", str(out_path)]
     assert main([*args, "--name", "kind", "--block-um", "512"]) == 0
     out = capsys.readouterr().out
-    assert "cross-validation (512 um blocks)" in out
+    assert "folds of whole regions" in out or "folds of single nuclei" in out
     assert LinearProbe.load(out_path).name == "kind"
+
+
+@pytest.mark.parametrize("block_um", [None, 512.0])
+def test_train_folds_and_words_as_the_panel_does(tmp_path, capsys, block_um):
+    from napari_lemon._widgets._probe_job import REGION_UM
+    from napari_lemon._widgets._probe_report import summary_of
+    from napari_lemon.analysis.probe import CV_BLOCK_UM, cross_validate, region_groups
+    from napari_lemon.probe_command import BLOCK_UM
+
+    assert BLOCK_UM == CV_BLOCK_UM == REGION_UM  # one block size everywhere
+    store, truth = make_zarr(tmp_path / "slide.lemon.zarr")
+    annotations = brush(store, truth)
+    probe_path = tmp_path / "cells.safetensors"
+    extra = [] if block_um is None else ["--block-um", str(block_um)]
+
+    assert main(["probe", "train", str(store), "--out", str(probe_path), *extra]) == 0
+
+    # the panel's computation (LayerTyping.probe_request, then measure)
+    adata = read_results(store)
+    rows = np.flatnonzero(annotations.labels_for(adata.obs["nucleus_id"]) != "")
+    xy = adata.obs[["x", "y"]].to_numpy()[rows]
+    mpp = adata.uns["lemon"]["mpp"]
+    groups = region_groups(xy[:, 0], xy[:, 1], (block_um or REGION_UM) / mpp)
+    labels = annotations.labels_for(adata.obs["nucleus_id"])[rows]
+    panel = cross_validate(
+        adata.obsm["X_lemon"][rows], labels, groups, annotations.type_names()
+    )
+    saved = LinearProbe.load(probe_path).metrics
+    assert saved["balanced_accuracy"] == panel.balanced_accuracy
+    assert saved["confusion"] == panel.confusion.tolist()
+    assert capsys.readouterr().out.splitlines()[0] == summary_of(panel.to_dict())
 
 
 def test_apply_to_several_results_skips_the_mismatched_one(tmp_path, capsys):
@@ -150,26 +180,108 @@ def test_train_says_why_it_cannot(tmp_path, capsys):
     out = str(tmp_path / "p.safetensors")
 
     assert main(["probe", "train", str(store), "--out", out]) == 2
-    assert "a.annotations.json does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"a.annotations.json does not exist (looked for beside {store})" in err
+    assert "Labels are made in the LEMON cell types panel, which saves them" in err
+    assert "`lemon embed IMAGE --nuclei FILE` from classified outlines" in err
+    missing = ["--annotations", str(tmp_path / "gone.json")]
+    assert main(["probe", "train", str(store), "--out", out, *missing]) == 2
+    err = capsys.readouterr().err
+    assert "gone.json does not exist. Labels are made" in err
 
     annotations = brush(store, truth, types=["tumour", "immune"], step=1)
     annotations.remove_type("immune")
     assert main(["probe", "train", str(store), "--out", out]) == 2
     err = capsys.readouterr().err
-    assert "needs labels of at least two types; 'tumour' has 12, it is the" in err
-    assert "waits until a second type is labelled" in err
+    assert "a probe needs labels of at least two types; 'tumour' has 12, it is" in err
+    assert "Label nuclei of a second type (in the LEMON cell types panel)" in err
+    assert "waits" not in err
 
     foreign = Annotations(tmp_path / "foreign.json")
     foreign.add_type("tumour")
     foreign.label([999_999], "tumour")
     args = ["probe", "train", str(store), "--annotations", str(foreign.path)]
     assert main([*args, "--out", out]) == 2
-    assert "labels 1 nuclei but none of them is among" in capsys.readouterr().err
+    assert "labels 1 nucleus but none of them is among" in capsys.readouterr().err
 
     assert main(["probe", "train", str(store), "--out", "p.pt"]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
     assert main(["probe", "train", str(store), "--out", out, "--name", "a b"]) == 2
     assert "letters, digits and underscores" in capsys.readouterr().err
+
+
+def test_train_warns_of_labels_of_nuclei_the_results_lack(tmp_path, capsys):
+    store, truth = make_zarr(tmp_path / "a.zarr", n_tiles=2)
+    annotations = brush(store, truth)
+    annotations.label([999_998, 999_999], "tumour")
+    out = tmp_path / "p.safetensors"
+
+    assert main(["probe", "train", str(store), "--out", str(out)]) == 0
+
+    captured = capsys.readouterr()
+    assert "2 of 28 labelled nuclei are not among the nuclei of" in captured.err
+    assert "the annotations may be of other results" in captured.err
+    assert "of 26 labels (" in captured.out
+
+
+def test_train_into_a_folder_it_cannot_write_says_so(tmp_path, capsys, monkeypatch):
+    import safetensors.numpy
+
+    def refuse(tensors, filename, metadata=None):
+        raise safetensors.SafetensorError(
+            "Error while serializing: I/O error: Permission denied (os error 13) "
+            'at path "ro/.tmp1234"'
+        )
+
+    store, truth = make_zarr(tmp_path / "a.zarr", n_tiles=2)
+    brush(store, truth)
+    monkeypatch.setattr(safetensors.numpy, "save_file", refuse)
+    out = tmp_path / "ro" / "probe.safetensors"
+
+    assert main(["probe", "train", str(store), "--out", str(out)]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"lemon: error: cannot write the probe {out}: Permission denied; choose a "
+        "folder you may write to (and with free space)"
+    )
+
+
+def test_apply_checks_each_store_can_be_written_before_predicting(
+    tmp_path, capsys, monkeypatch
+):
+    import tempfile
+
+    from napari_lemon.analysis import probe as probe_module
+
+    store, truth = make_zarr(tmp_path / "a.zarr", n_tiles=2)
+    brush(store, truth)
+    probe_path = tmp_path / "cells.safetensors"
+    assert main(["probe", "train", str(store), "--out", str(probe_path)]) == 0
+    capsys.readouterr()
+
+    # a store in a folder one may not write to (tests run as root)
+    make = tempfile.TemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):
+        if str(dir) == str(store):
+            raise PermissionError(13, "Permission denied")
+        return make(*args, dir=dir, **kwargs)
+
+    predicted = []
+    proba = probe_module.LinearProbe.predict_proba
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(
+        probe_module.LinearProbe,
+        "predict_proba",
+        lambda self, x, **kw: predicted.append(len(x)) or proba(self, x, **kw),
+    )
+
+    assert main(["probe", "apply", str(probe_path), str(store)]) == 2
+
+    captured = capsys.readouterr()
+    assert f"cannot write to the results {store}: Permission denied" in captured.err
+    assert f"{store}: skipped" in captured.out and not predicted
 
 
 def test_apply_reports_unreadable_probes_and_results(tmp_path, capsys):
@@ -246,7 +358,7 @@ def test_crc_cell_types_from_labels_on_other_images(shared_data, tmp_path, capsy
     probe_path = tmp_path / "crc.safetensors"
     assert main(["probe", "train", str(results), "--out", str(probe_path)]) == 0
     out = capsys.readouterr().out
-    assert "cross-validation (tiles): 5 folds of whole regions" in out
+    assert "folds of whole regions)" in out.splitlines()[0]
     assert main(["probe", "apply", str(probe_path), str(results)]) == 0
 
     # balanced accuracy on the two images never labelled (chance: 0.25)

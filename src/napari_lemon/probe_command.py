@@ -6,16 +6,20 @@
     lemon probe apply PROBE RESULTS [RESULTS ...] [--name NAME]
 
 ``train`` reads the labels of the annotations file beside the results (by
-nucleus id), cross-validates the probe with folds of whole tiles (or 256 um
-blocks when the results hold one tile), prints the balanced accuracy and the
-confusion matrix, fits it on all labels and saves it.
+nucleus id), cross-validates the probe with folds of whole regions (square
+blocks of ``--block-um`` microns, 250 by default: the same folds as the cell
+types panel, so both report the same accuracy for the same labels), prints the
+balanced accuracy in the panel's words and the confusion matrix, fits it on all
+labels and saves it. Labels of nuclei the results do not hold are left out with
+a warning.
 
 ``apply`` streams each result's embeddings through the probe and writes the
 columns of the results contract in place (``obs["probe_<name>"]``, its
 ``_proba``, ``obsm["probe_<name>"]``, ``uns["probe_<name>_colors"]``). Results
 the probe does not suit (another encoder or crop scale, another embedding
-length), or that cannot be read, are reported and skipped; the others are still
-typed, and the command then exits with status 2.
+length), that cannot be read, or that cannot be written (checked before
+predicting), are reported and skipped; the others are still typed, and the
+command then exits with status 2.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import argparse
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-BLOCK_UM = 256.0  # side of the spatial blocks that are CV folds' groups
-BLOCK_PX_WITHOUT_MPP = 1024.0
+# napari_lemon.analysis.probe.CV_BLOCK_UM, spelled out so that `lemon --help`
+# does not import the probe (and anndata)
+BLOCK_UM = 250.0
 CHUNK = 65536
 NAME = re.compile(r"[A-Za-z0-9_]+")
 
@@ -55,8 +61,8 @@ def add_parser(sub) -> None:
         "--block-um",
         type=positive_float,
         default=BLOCK_UM,
-        help="side of the spatial blocks cross-validation keeps whole when the "
-        f"results hold one tile, in microns (default {BLOCK_UM:g})",
+        help="side of the square regions cross-validation keeps whole, in microns "
+        f"(default {BLOCK_UM:g}, as in the cell types panel)",
     )
     train.set_defaults(func=cmd_train)
 
@@ -108,7 +114,9 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
     from tqdm import tqdm
 
     from .analysis.probe import ProbeMismatch, prediction_columns
+    from .cli import counted
     from .store_columns import (
+        check_writable,
         embedding_shape,
         iter_embeddings,
         read_provenance,
@@ -123,6 +131,7 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
         probe.check_compatible(provenance, str(path), embed_dim=dim)
     except ProbeMismatch as err:
         raise ProbeMismatch(f"{probe_path} does not suit {path}: {err}") from None
+    check_writable(path)
 
     # stream the embeddings through the probe
     proba = np.empty((n_rows, len(probe.classes)), dtype=np.float32)
@@ -143,9 +152,8 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
     )
     seconds = time.perf_counter() - start
     key = next(iter(columns["obs"]))
-    return (
-        f"{path}: {n_rows:,} nuclei typed ({shares}), {seconds:.1f} s -> obs[{key!r}]"
-    )
+    typed = counted(n_rows, "nucleus", "nuclei")
+    return f"{path}: {typed} typed ({shares}), {seconds:.1f} s -> obs[{key!r}]"
 
 
 # train
@@ -153,8 +161,8 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Cross-validate and fit a probe on the labels of one result; save it."""
-    from .analysis.probe import cross_validate, fit_probe
-    from .annotations import Annotations, annotations_path, results_identity
+    from .analysis.probe import NotEnoughLabels, cross_validate, fit_probe
+    from .cli import counted
     from .store_columns import read_embedding_rows, read_obs_columns, read_provenance
 
     name = _check_name(args.name) or "cell_type"
@@ -165,26 +173,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # labels, by nucleus id
     n_obs, provenance = read_provenance(results)
-    source = Path(args.annotations or annotations_path(results))
-    annotations = Annotations.load(source)
-    annotations.check_identity(results_identity((n_obs, provenance)))
-    obs = read_obs_columns(results, ["nucleus_id", "x", "y", "tile_id"])
+    annotations, source = _annotations_of(results, args.annotations, n_obs, provenance)
+    obs = read_obs_columns(results, ["nucleus_id", "x", "y"])
     names = annotations.labels_for(obs["nucleus_id"])
     rows = np.flatnonzero(names != "")
-    if annotations.labels() and not len(rows):
-        raise ValueError(
-            f"{source} labels {len(annotations.labels())} nuclei but none of them "
-            f"is among the nuclei of {results}; give the annotations of these results"
-        )
+    _check_labels_found(annotations, rows, source, results)
 
-    # groups: tiles, or spatial blocks
-    groups, grouped_by = _groups(obs, rows, provenance, args.block_um)
-
-    # cross-validate, fit, save
+    # cross-validate over regions, as the panel does; fit, save
+    groups = _groups(obs, rows, provenance, args.block_um)
     embeddings = read_embedding_rows(results, rows)
     labels, classes = names[rows], annotations.type_names()
     colours = [annotations.colour_of(c) for c in classes]
-    metrics = cross_validate(embeddings, labels, groups, classes=classes)
+    try:
+        metrics = cross_validate(embeddings, labels, groups, classes=classes)
+    except NotEnoughLabels as err:
+        raise ValueError(
+            f"{source}: a probe needs labels of at least two types; {err.why}. "
+            "Label nuclei of a second type (in the LEMON cell types panel), then "
+            "train again"
+        ) from None
     probe = fit_probe(
         embeddings,
         labels,
@@ -196,30 +203,71 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     probe.save(out)
 
-    print(_report(metrics, grouped_by))
+    print(_report(metrics))
     counts = ", ".join(f"{c} {n}" for c, n in probe.n_labels.items())
-    print(f"probe {probe.name!r} of {len(rows):,} labels ({counts}) -> {out}")
+    print(f"probe {probe.name!r} of {counted(len(rows), 'label')} ({counts}) -> {out}")
     return 0
 
 
-def _groups(obs, rows, provenance, block_um):
-    """CV groups of the labelled rows: tiles when there are several, else blocks."""
+def _annotations_of(results: Path, given: str | None, n_obs: int, provenance: dict):
+    """The annotations to train from, checked against the results; and their path."""
+    from .annotations import Annotations, annotations_path, results_identity
+
+    source = Path(given or annotations_path(results))
+    if not source.is_file():
+        where = "" if given else f" (looked for beside {results})"
+        raise FileNotFoundError(
+            f"annotations file {source} does not exist{where}. Labels are made in "
+            "the LEMON cell types panel, which saves them beside the results, or "
+            "come with `lemon embed IMAGE --nuclei FILE` from classified outlines "
+            "(QuPath GeoJSON); or give --annotations FILE"
+        )
+    annotations = Annotations.load(source)
+    annotations.check_identity(results_identity((n_obs, provenance)))
+    return annotations, source
+
+
+def _check_labels_found(annotations, rows: np.ndarray, source: Path, results: Path):
+    """ValueError when no label is of these results; a warning when some are not."""
+    from .cli import counted
+
+    n_labels = len(annotations.labels())
+    if n_labels and not len(rows):
+        raise ValueError(
+            f"{source} labels {counted(n_labels, 'nucleus', 'nuclei')} but none of "
+            f"them is among the nuclei of {results}; give the annotations of these "
+            "results"
+        )
+    missing = n_labels - len(rows)
+    if missing:
+        warnings.warn(
+            f"{source}: {missing} of {n_labels} labelled nuclei are not among the "
+            f"nuclei of {results} and are left out; the annotations may be of "
+            "other results",
+            stacklevel=3,
+        )
+
+
+def _groups(obs, rows, provenance, block_um: float) -> np.ndarray:
+    """CV groups of the labelled rows: square regions of ``block_um``, as the panel.
+
+    NOTE: the panel takes 1 um per px when the pixel size is unknown; so does
+    this, so that both fold the same labels alike.
+    """
     from .analysis.probe import region_groups
 
-    tiles = obs["tile_id"]
-    if len(np.unique(tiles)) > 1:
-        return tiles[rows], "tiles"
-    mpp = provenance.get("mpp")
-    block_px = block_um / mpp if mpp else BLOCK_PX_WITHOUT_MPP
-    what = f"{block_um:g} um blocks" if mpp else f"{block_px:g} px blocks (no mpp)"
-    return region_groups(obs["x"][rows], obs["y"][rows], block_px), what
+    block_px = block_um / (provenance.get("mpp") or 1.0)
+    return region_groups(obs["x"][rows], obs["y"][rows], block_px)
 
 
-def _report(metrics, grouped_by: str) -> str:
-    """Balanced accuracy and the confusion matrix as lines of text."""
-    lines = [f"cross-validation ({grouped_by}): {metrics.message}"]
+def _report(metrics) -> str:
+    """Balanced accuracy as the panel words it, and the confusion matrix."""
+    from .analysis.probe import metrics_summary
+
+    line, note = metrics_summary(metrics)
+    lines = [line] + ([note] if note else [])
     if metrics.balanced_accuracy is None:
-        return lines[0]
+        return "\n".join(lines)
     width = max(len(c) for c in metrics.classes) + 2
     lines.append("confusion (rows: labelled as, columns: predicted as)")
     lines.append(" " * width + "".join(f"{c[:10]:>11}" for c in metrics.classes))
