@@ -29,10 +29,12 @@ import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import notification_manager, show_error
 
+from napari_lemon.analysis.probe import CV_BLOCK_UM
+
 logger = logging.getLogger(__name__)
 
 DEBOUNCE_MS = 300
-REGION_UM = 250.0  # side of the spatial blocks cross-validation keeps whole
+REGION_UM = CV_BLOCK_UM  # side of the spatial blocks cross-validation keeps whole
 USER_ERRORS = (ValueError, OSError)
 
 

@@ -370,10 +370,13 @@ def labels_of_imported(imported: Any, adata: AnnData) -> Any:
     from napari_lemon.annotations import label_columns, results_identity
     from napari_lemon.export import annotations_from_imported
 
-    annotations = annotations_from_imported(imported, results_identity(adata))
+    ids = adata.obs["nucleus_id"].to_numpy()  # the rows kept (inside the image)
+    annotations = annotations_from_imported(
+        imported, results_identity(adata), nucleus_ids=ids
+    )
     if annotations is None or not annotations.labels():
         return None
-    columns = label_columns(annotations, adata.obs["nucleus_id"].to_numpy())
+    columns = label_columns(annotations, ids)
     for name, values in columns["obs"].items():
         adata.obs[name] = values
     adata.uns.update(columns["uns"])
