@@ -50,7 +50,11 @@ def map_job(
     from napari_lemon.analysis.morphology_map import embed_2d
 
     global _compiled
-    first = "" if _compiled else " (the first map of a session compiles first: ~30 s)"
+    first = (
+        ""
+        if _compiled
+        else " (the first map since napari started compiles first: ~30 s)"
+    )
     yield f"{method} map of {min(sample, len(embeddings)):,} nuclei{first}", 0, 0
     found = embed_2d(
         embeddings, method=method, sample=sample, seed=seed, progress=report
