@@ -38,6 +38,8 @@ def test_kmeans_lowers_n_clusters_to_the_number_of_nuclei():
     with pytest.warns(UserWarning, match="n_clusters=8 but only 3 nuclei"):
         labels = cluster_kmeans(points, n_clusters=8)
     assert sorted(labels.tolist()) == [0, 1, 2]
+    with pytest.warns(UserWarning, match="only 1 nucleus; using 1 cluster$"):
+        cluster_kmeans(points[:1], n_clusters=8)
 
 
 def test_kmeans_of_no_nuclei_is_empty():

@@ -43,6 +43,19 @@ COARSEST_SEG_MPP = 1.0  # coarser than a 10x scan, nuclei merge and vanish
 CROP_CHUNK = 2048  # nuclei cropped per slide read
 
 
+def warn_if_coarse(slide: Slide, seg_mpp: float, stacklevel: int = 2) -> bool:
+    """Warn when ``slide`` is segmented too coarsely to resolve nuclei; True if so."""
+    if seg_mpp <= COARSEST_SEG_MPP:
+        return False
+    warnings.warn(
+        f"segmenting '{slide.path.name}' at {seg_mpp:.3g} um/px: nuclei are "
+        "barely resolved this coarse and many will be missed; use a 20x or 40x "
+        "scan, or check --mpp",
+        stacklevel=stacklevel + 1,
+    )
+    return True
+
+
 @dataclass
 class Segmentation:
     """Nuclei of one region, at the resolution they were found.
@@ -233,14 +246,11 @@ def segmentation_steps(
     segment = create_segmenter(segmenter, **(segmenter_params or {}))
     params = segment.keywords["params"].as_dict()  # defaults included, for provenance
     seg_mpp = mpp * scale[0]
-    if seg_mpp > COARSEST_SEG_MPP:
-        warnings.warn(
-            f"segmenting '{slide.path.name}' at {seg_mpp:.3g} um/px: nuclei are "
-            "barely resolved this coarse and many will be missed; use a 20x or 40x "
-            "scan, or check --mpp",
-            stacklevel=2,
-        )
-    nuclei = segment(image, seg_mpp)
+    with warnings.catch_warnings():
+        if warn_if_coarse(slide, seg_mpp):
+            # said once: not again by the segmenter in its own words
+            warnings.filterwarnings("ignore", "mpp=.* is much coarser", UserWarning)
+        nuclei = segment(image, seg_mpp)
     logger.debug("%d nuclei in %s at %.3f um/px", len(nuclei), region, seg_mpp)
     yield ("segment", 1, 1)
     return Segmentation(image, nuclei, region, seg_mpp, scale, params)

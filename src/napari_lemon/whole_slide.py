@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 
 from .pipeline import (
-    COARSEST_SEG_MPP,
     MAX_SEG_PIXELS,
     Progress,
     Segmentation,
     default_seg_mpp,
     resolve_region,
     run_steps,
+    warn_if_coarse,
 )
 from .segment import DEFAULT_SEGMENTER
 from .tiling import Tile, owned_by, tile_grid
@@ -150,7 +150,7 @@ def slide_steps(
     tile_px, margin_px = grid_sizes(slide, tile_um, margin_um, seg_mpp)
     segment = create_segmenter(segmenter, **(segmenter_params or {}))
     params = segment.keywords["params"].as_dict()
-    _warn_if_coarse(slide, seg_mpp)
+    warn_if_coarse(slide, seg_mpp)
     seconds = dict.fromkeys((*STAGES, "read_wait"), 0.0)
 
     # tissue and tiles
@@ -495,13 +495,3 @@ def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
         if int(value) != value or value < 1:
             raise ValueError(f"{name}={value!r} must be a whole number >= 1")
-
-
-def _warn_if_coarse(slide: Slide, seg_mpp: float) -> None:
-    if seg_mpp > COARSEST_SEG_MPP:
-        warnings.warn(
-            f"segmenting '{slide.path.name}' at {seg_mpp:.3g} um/px: nuclei are "
-            "barely resolved this coarse and many will be missed; use a 20x or 40x "
-            "scan, or check --mpp",
-            stacklevel=3,
-        )

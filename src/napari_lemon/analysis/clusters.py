@@ -80,7 +80,9 @@ def _fit_k(n_clusters: int, n: int) -> int:
     """``n_clusters``, lowered with a warning when there are fewer nuclei."""
     if n < n_clusters:
         warnings.warn(
-            f"n_clusters={n_clusters} but only {n} nuclei; using {n} clusters",
+            f"n_clusters={n_clusters} but only {n:,} "
+            f"{'nucleus' if n == 1 else 'nuclei'}; using {n:,} "
+            f"{'cluster' if n == 1 else 'clusters'}",
             stacklevel=3,
         )
         return n
