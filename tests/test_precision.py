@@ -41,7 +41,7 @@ def cosine(a, b):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduced_precisions_stay_close_to_fp32(network, crops, precision, monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: True)  # no warning
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)  # no warning
     reference = Encoder(network, SHALLOW, "cpu", "fp32").embed(crops)
 
     encoder = Encoder(network, SHALLOW, "cpu", precision)
@@ -62,26 +62,26 @@ def test_int8_quantises_every_linear_layer_and_keeps_the_fp32_model(network):
 
 
 def test_auto_is_fp16_on_cuda_and_measured_choice_on_cpu(monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
     assert resolve_precision("auto", "cuda") == "fp16"
     assert resolve_precision("auto", "cuda:1") == "fp16"
     assert resolve_precision("auto", "cpu") == precision_module.CPU_AUTO
     assert resolve_precision("auto", "mps") == "fp32"
 
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
 
 
 def test_encoder_records_the_resolved_precision(network, monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
     assert Encoder(network, SHALLOW, "cpu").precision == "bf16"
 
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
     assert Encoder(network, SHALLOW, "cpu").precision == "fp32"
 
 
 def test_explicit_precisions_are_kept(monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
     assert resolve_precision("fp32", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     assert resolve_precision("int8", "cpu") == "int8"
@@ -89,10 +89,10 @@ def test_explicit_precisions_are_kept(monkeypatch):
     assert resolve_precision("bf16", "cuda") == "bf16"
 
 
-def test_bf16_without_amx_warns(monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has_amx", lambda: False)
+def test_bf16_without_native_bf16_warns(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
 
-    with pytest.warns(UserWarning, match="no AMX tiles"):
+    with pytest.warns(UserWarning, match="no bf16 matrix instructions"):
         assert resolve_precision("bf16", "cpu") == "bf16"
 
 
@@ -215,3 +215,19 @@ def test_bad_batch_sizes_are_refused(network, crops, bad):
 
     with pytest.raises(ValueError, match=f"batch_size={bad!r} must be a positive"):
         encoder.embed(crops, batch_size=bad)
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [
+        ("fpu sse avx2 avx512f amx_bf16 amx_tile", True),  # Xeon, Sapphire Rapids
+        ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True),  # EPYC, Zen 4+
+        ("fpu sse avx2 avx512f avx512_vnni", False),  # emulated bfloat16
+        ("fpu sse avx2 fma", False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(precision_module, "CPUINFO", cpuinfo)
+    assert precision_module.cpu_has_bf16() is native
