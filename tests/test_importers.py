@@ -312,6 +312,22 @@ def test_imagescope_xml_that_is_not_xml_names_the_file(tmp_path):
         read_nuclei_file(path)
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-0.25", "nan"])
+def test_an_imagescope_pixel_size_that_is_no_size_is_ignored_with_a_warning(
+    tmp_path, value
+):
+    path = tmp_path / "tile.xml"
+    path.write_text(XML.replace('MicronsPerPixel="0.25"', f'MicronsPerPixel="{value}"'))
+
+    with pytest.warns(UserWarning) as caught:
+        imported = read_nuclei_file(path)
+
+    assert imported.mpp is None and len(imported.centroids_xy) == 3
+    said = [str(w.message) for w in caught]
+    assert f"tile.xml: MicronsPerPixel='{value}' is not a pixel size" in said[0]
+    assert "give the image's --mpp" in said[0]
+
+
 @pytest.mark.realdata
 def test_monuseg_annotations_are_read_whole(shared_data):
     path = shared_data / "monuseg" / "test" / "annotations"

@@ -403,7 +403,12 @@ def test_check_compatible_names_both_values_and_the_fix():
     x, labels, names = blobs()
     probe = fit_probe(x, labels, classes=names, provenance=PROVENANCE)
     probe.check_compatible(PROVENANCE, "a.zarr", embed_dim=16)
-    probe.check_compatible({}, "a.zarr")  # nothing known: nothing to refuse
+    with pytest.warns(
+        UserWarning,
+        match=r"a.zarr does not record the encoder .*"
+        r"only if they are embeddings of encoder 'bundled'",
+    ):
+        probe.check_compatible({}, "a.zarr")  # nothing known: said, not refused
     near = {"encoder": {**PROVENANCE["encoder"], "mpp": 0.2524}}
     probe.check_compatible(near, "a.zarr")
 

@@ -224,6 +224,22 @@ def test_train_warns_of_labels_of_nuclei_the_results_lack(tmp_path, capsys):
     assert "of 26 labels (" in captured.out
 
 
+def test_train_keeps_an_existing_probe_unless_overwrite(tmp_path, capsys):
+    store, truth = make_zarr(tmp_path / "a.zarr", n_tiles=2)
+    brush(store, truth)
+    out = tmp_path / "p.safetensors"
+    out.write_bytes(b"an earlier probe")
+    args = ["probe", "train", str(store), "--out", str(out)]
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--out '{out}' exists; pass --overwrite to replace it" in err
+    assert out.read_bytes() == b"an earlier probe"
+
+    assert main([*args, "--overwrite"]) == 0
+    assert LinearProbe.load(out).classes == CLASSES
+
+
 def test_train_into_a_folder_it_cannot_write_says_so(tmp_path, capsys, monkeypatch):
     import safetensors.numpy
 

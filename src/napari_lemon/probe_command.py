@@ -3,6 +3,7 @@
 ::
 
     lemon probe train RESULTS [--annotations FILE] --out PROBE.safetensors [--name]
+                      [--overwrite]
     lemon probe apply PROBE RESULTS [RESULTS ...] [--name NAME]
 
 ``train`` reads the labels of the annotations file beside the results (by
@@ -10,8 +11,8 @@ nucleus id), cross-validates the probe with folds of whole regions (square
 blocks of ``--block-um`` microns, 250 by default: the same folds as the cell
 types panel, so both report the same accuracy for the same labels), prints the
 balanced accuracy in the panel's words and the confusion matrix, fits it on all
-labels and saves it. Labels of nuclei the results do not hold are left out with
-a warning.
+labels and saves it (an existing ``--out`` is kept unless ``--overwrite``).
+Labels of nuclei the results do not hold are left out with a warning.
 
 ``apply`` streams each result's embeddings through the probe and writes the
 columns of the results contract in place (``obs["probe_<name>"]``, its
@@ -56,6 +57,9 @@ def add_parser(sub) -> None:
         help="labels (default: <results name>.annotations.json beside the results)",
     )
     train.add_argument("--out", required=True, help="probe .safetensors to write")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace --out when it exists"
+    )
     train.add_argument("--name", default=None, help="probe name (default cell_type)")
     train.add_argument(
         "--block-um",
@@ -169,6 +173,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {args.out!r} must end in .safetensors")
+    if out.exists() and not args.overwrite:
+        raise ValueError(
+            f"--out '{out}' exists; pass --overwrite to replace it, or choose "
+            "another file"
+        )
     results = Path(args.results)
 
     # labels, by nucleus id

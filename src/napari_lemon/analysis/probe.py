@@ -28,6 +28,7 @@ import math
 import os
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,15 @@ class LinearProbe:
             "or re-embed them with the probe's encoder"
         )
         theirs = encoder.get("sha256")
+        if self.encoder_sha256 and not theirs:
+            warnings.warn(
+                f"{where} does not record the encoder of its embeddings "
+                "(uns['lemon']['encoder']['sha256']), so probe "
+                f"{self.name!r} cannot check them; its predictions mean something "
+                "only if they are embeddings of encoder "
+                f"{_encoder_text(self.encoder_name, self.encoder_sha256)}",
+                stacklevel=2,
+            )
         if self.encoder_sha256 and theirs and theirs != self.encoder_sha256:
             raise ProbeMismatch(
                 f"probe {self.name!r} was trained on embeddings of encoder "

@@ -75,11 +75,27 @@ def read_imagescope_xml(path: str | Path, warn: bool = True) -> ImageScopeAnnota
             f"{path.name}: skipped {skipped} regions with fewer than 3 vertices",
             stacklevel=2,
         )
-    mpp = root.get("MicronsPerPixel")
     colours = {k: v for k, v in colours.items() if v is not None}
-    return ImageScopeAnnotations(
-        polygons, float(mpp) if mpp else None, skipped, names, colours
+    mpp = _recorded_mpp(root.get("MicronsPerPixel"), path)
+    return ImageScopeAnnotations(polygons, mpp, skipped, names, colours)
+
+
+def _recorded_mpp(value: str | None, path: Path) -> float | None:
+    """The file's ``MicronsPerPixel``; None (with a warning) when it is no size."""
+    if not value:
+        return None
+    try:
+        mpp = float(value)
+    except ValueError:
+        mpp = float("nan")
+    if np.isfinite(mpp) and mpp > 0:
+        return mpp
+    warnings.warn(
+        f"{path.name}: MicronsPerPixel={value!r} is not a pixel size and is "
+        "ignored; give the image's --mpp",
+        stacklevel=3,
     )
+    return None
 
 
 def _vertices(region: ET.Element) -> np.ndarray:
