@@ -67,7 +67,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     if not Path(args.results).exists():
-        raise FileNotFoundError(f"results {args.results} do not exist")
+        raise FileNotFoundError(
+            f"results {args.results} do not exist; give the .zarr store or .h5ad "
+            "file of `lemon analyze` or `lemon embed`"
+        )
     if out.is_dir():
         raise ValueError(f"--out '{out}' is a folder; give a file name")
     fmt = check_format(args.format, out)

@@ -99,7 +99,11 @@ def _open_group(path: Path):
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path} is not a readable .h5ad file ({err})") from err
+        raise ValueError(
+            f"{path} is not a readable .h5ad file ({err}); results are a .zarr "
+            "store or an .h5ad file written by napari-lemon (lemon analyze, lemon "
+            "embed or the LEMON nuclei panel)"
+        ) from err
     with handle:
         yield handle
 
