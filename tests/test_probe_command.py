@@ -204,6 +204,15 @@ def test_train_says_why_it_cannot(tmp_path, capsys):
     assert main([*args, "--out", out]) == 2
     assert "labels 1 nucleus but none of them is among" in capsys.readouterr().err
 
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"a": 1}')
+    args = ["probe", "train", str(store), "--annotations", str(notes)]
+    assert main([*args, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"--annotations {notes} is JSON but not a napari-lemon annotations" in err
+    assert "give a labels file of the LEMON cell types panel" in err
+    assert "move it away" not in err
+
     assert main(["probe", "train", str(store), "--out", "p.pt"]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
     assert main(["probe", "train", str(store), "--out", out, "--name", "a b"]) == 2

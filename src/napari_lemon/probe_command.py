@@ -231,7 +231,16 @@ def _annotations_of(results: Path, given: str | None, n_obs: int, provenance: di
             "come with `lemon embed IMAGE --nuclei FILE` from classified outlines "
             "(QuPath GeoJSON); or give --annotations FILE"
         )
-    annotations = Annotations.load(source)
+    try:
+        annotations = Annotations.load(source)
+    except ValueError as err:
+        if not given:
+            raise
+        message = str(err).split("; ")[0]  # not the panel's "move it away"
+        raise ValueError(
+            f"--annotations {message}; give a labels file of the LEMON cell types "
+            "panel (<results>.annotations.json)"
+        ) from None
     annotations.check_identity(results_identity((n_obs, provenance)))
     return annotations, source
 
