@@ -101,6 +101,7 @@ def test_an_existing_output_is_kept_unless_overwrite(capsys, tmp_path, results):
         (["{missing}", "--out", "{tmp}/n.csv"], "results {missing} do not exist"),
         (["{results}", "--out", "{tmp}/n.txt"], "cannot tell the export format"),
         (["{results}", "--out", "{tmp}"], "is a folder; give a file name"),
+        (["{results}", "--out", "{results}"], "is the results file itself"),
         (["{text}", "--out", "{tmp}/n.csv"], "notes.h5ad is not a readable .h5ad"),
     ],
 )

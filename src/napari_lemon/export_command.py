@@ -71,6 +71,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"results {args.results} do not exist; give the .zarr store or .h5ad "
             "file of `lemon analyze` or `lemon embed`"
         )
+    if out.resolve() == Path(args.results).resolve():
+        raise ValueError(
+            f"--out '{out}' is the results file itself; give another file name"
+        )
     if out.is_dir():
         raise ValueError(f"--out '{out}' is a folder; give a file name")
     fmt = check_format(args.format, out)
