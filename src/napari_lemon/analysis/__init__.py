@@ -6,7 +6,7 @@
   :mod:`.suggest`: which nuclei to label next;
 - :mod:`.morphology_map`: the 2-D map and its thumbnail grid;
   :mod:`.neighbours`: nuclei that look alike; :mod:`.brush_hits`: nuclei under a
-  brush stroke.
+  brush stroke; :mod:`.openmp_order`: torch loaded before numba's threads.
 
 Submodules import their heavier libraries (umap-learn, igraph) when used.
 """

@@ -146,6 +146,9 @@ def _neighbours(points: np.ndarray, k: int, seed: int):
         return indices, distances.astype(np.float32)
 
     # NOTE: the first call compiles pynndescent's numba code (about 20 s)
+    from .openmp_order import torch_before_numba
+
+    torch_before_numba()
     from pynndescent import NNDescent
 
     index = NNDescent(points, n_neighbors=k, random_state=seed)
@@ -157,6 +160,10 @@ def _weighted_graph(points, indices, distances, seed: int):
     """igraph Graph of the symmetric fuzzy neighbour weights (umap-learn's)."""
     import igraph
     from scipy import sparse
+
+    from .openmp_order import torch_before_numba
+
+    torch_before_numba()
     from umap.umap_ import fuzzy_simplicial_set
 
     weights, _, _ = fuzzy_simplicial_set(

@@ -129,6 +129,9 @@ def _check_method(method: str) -> None:
 
 def _umap(points: np.ndarray, seed: int) -> np.ndarray:
     """UMAP coordinates of ``points``, float32 (n, 2)."""
+    from .openmp_order import torch_before_numba
+
+    torch_before_numba()
     import umap
 
     layout = umap.UMAP(
