@@ -413,6 +413,46 @@ def test_the_panel_opens_from_the_plugins_menu(viewer, store):
     panel.close_panel()
 
 
+def test_from_the_plugins_menu_the_brush_stays_on_and_the_panel_follows(
+    viewer, qtbot, tmp_path, store
+):
+    # a panel opened from the menu gets napari's proxy of the viewer
+    layer = open_results(viewer, store[0])
+    _, panel = viewer.window.add_plugin_dock_widget("napari-lemon", "LEMON cell types")
+    right = store[1]
+    try:
+        panel.types.add_type("tumour", TUMOUR)
+        panel.types.add_type("stroma", STROMA)
+        panel.label_rows(np.flatnonzero(~right)[:10], "tumour")
+        panel.label_rows(np.flatnonzero(right)[:10], "stroma")
+        wait_for_probe(qtbot, panel)
+        panel.set_brush(True)
+
+        # suggestions ring nuclei in a layer of their own; a click jumps there
+        panel.finder.suggest_next()
+        qtbot.waitUntil(lambda: len(panel.finder.suggestions.rows) > 2, timeout=20_000)
+        qtbot.wait(50)
+        assert panel.brush.enabled
+        panel.finder.suggestions.click(1)
+        qtbot.wait(50)
+        assert panel.brush.enabled
+        assert viewer.layers.selection.active is layer
+
+        # choosing another nuclei layer in the layer list moves the panel to it
+        other, _ = synthetic_results(n=50, seed=3)
+        other_layer = open_results(
+            viewer, write_results(other, tmp_path / "other.h5ad"), name="other"
+        )
+        viewer.layers.selection.active = layer
+        assert panel.layer is layer
+        viewer.layers.selection.active = other_layer
+        assert panel.layer is other_layer
+        assert panel.layer_box.currentText() == "other"
+    finally:
+        panel.close_panel()
+        qtbot.waitUntil(lambda: panel.runner.idle, timeout=PROBE_TIMEOUT_MS)
+
+
 def test_labels_of_one_type_make_the_probe_wait_and_say_why(qtbot, loaded):
     panel, layer, _ = loaded
     panel.label_rows(np.arange(12), "tumour")

@@ -144,13 +144,16 @@ def nuclei_layer_data(
     return data, kwargs, "points"
 
 
-def unwrapped(layer: Any) -> Any:
-    """The layer itself, also when it comes through napari's viewer proxy.
+def unwrapped(obj: Any) -> Any:
+    """The viewer or layer itself, also when it comes through napari's proxy.
 
     NOTE: a panel opened from the Plugins menu gets a proxy of the viewer, whose
-    layers are proxies too: compare layers with ``is`` only once unwrapped.
+    layers are new proxies at every access: ``is`` never holds between two of
+    them, and a proxy put back into the viewer (as the active layer, say) is not
+    the layer. The panels keep the viewer itself, so that they work on the
+    layers, as they do in the tests, where they get the viewer itself.
     """
-    return getattr(layer, "__wrapped__", layer)
+    return getattr(obj, "__wrapped__", obj)
 
 
 def is_nuclei_layer(layer: Any) -> bool:

@@ -124,7 +124,7 @@ class AnalysisWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         block_triton_after_gl_llvm()  # before anything imports torch here
-        self._viewer = viewer
+        self._viewer = _results.unwrapped(viewer)  # see unwrapped()
         self._worker: Any = None
         self._progress: progress | None = None
         self._job: dict[str, Any] = {}

@@ -87,12 +87,12 @@ class CellTypesWidget(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        self._viewer = viewer
+        self._viewer = _results.unwrapped(viewer)  # see unwrapped()
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.state: LayerTyping | None = None
         self._applied: dict[int, str] = {}  # generation -> probe file applied
         self.last_outcome: ProbeOutcome | None = None  # with its timings
-        self.brush = Brush(viewer, self._on_stroke, on_off=self._on_brush_off)
+        self.brush = Brush(self._viewer, self._on_stroke, on_off=self._on_brush_off)
         self.runner = ProbeRunner(
             self._probe_request, self._on_outcome, self._on_busy, self._on_metrics,
             parent=self,

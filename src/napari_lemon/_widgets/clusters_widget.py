@@ -167,7 +167,7 @@ class ClustersWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        self._viewer = viewer
+        self._viewer = _results.unwrapped(viewer)  # see unwrapped()
         self.job = PanelJob(WHAT, self._set_running)
         self.scores: dict[int, float] = {}
         self._make_controls()

@@ -137,7 +137,7 @@ class ExportWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         block_triton_after_gl_llvm()  # before anything imports torch here
-        self._viewer = viewer
+        self._viewer = _results.unwrapped(viewer)  # see unwrapped()
         self.job = PanelJob(WHAT, self._set_running)
         self._make_controls()
         self._connect()

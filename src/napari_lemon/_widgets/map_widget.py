@@ -75,7 +75,7 @@ class MorphologyMapWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        self._viewer = viewer
+        self._viewer = _results.unwrapped(viewer)  # see unwrapped()
         self.job = PanelJob(WHAT, self._set_running)
         self.map: MorphologyMap | None = None
         self._shown: Points | None = None  # the layer whose selection is followed
