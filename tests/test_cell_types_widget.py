@@ -266,6 +266,7 @@ def test_click_labels_the_nearest_nucleus_and_undo_restores(viewer, qtbot, loade
     assert panel.state.annotations.labels() == {int(panel.state.ids[5]): "tumour"}
     assert panel.state.last_row == 5
     assert layer.features["label"][5] == "tumour"
+    assert panel.last_action.text() == "1 nucleus labelled 'tumour'"
 
     click(viewer, qtbot, layer, (1000.0, -500.0))  # off the slide: nothing
     assert "no nucleus there" in panel.last_action.text()

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..cli import counted
 from . import _results
 from ._brush import DEFAULT_RADIUS_UM, Brush, Stroke
 from ._layer_typing import (
@@ -343,14 +344,15 @@ class CellTypesWidget(QWidget):
         ids = state.ids[np.asarray(rows, dtype=np.int64)]
         if erase:
             changed = state.annotations.unlabel(ids)
-            self.last_action.setText(f"{changed:,} labels removed")
+            self.last_action.setText(f"{counted(changed, 'label')} removed")
             return changed
         name = name or self.types.active_type
         if name is None:
             show_error("LEMON cell types: add a cell type first (Add…), then brush")
             return 0
         changed = state.annotations.label(ids, name)
-        self.last_action.setText(f"{changed:,} nuclei labelled {name!r}")
+        labelled = counted(changed, "nucleus", "nuclei")
+        self.last_action.setText(f"{labelled} labelled {name!r}")
         return changed
 
     def undo(self) -> bool:
