@@ -136,6 +136,20 @@ def test_a_stored_map_is_shown_in_the_nuclei_colours(viewer, panel):
     np.testing.assert_allclose(shown, layer.face_color[panel.map.rows], atol=1e-6)
 
 
+def test_another_layer_without_a_map_clears_the_title_and_status(viewer, panel):
+    mapped, _ = add_blobs(viewer, mapped=np.arange(250))
+    panel._layer.value = mapped
+    mapped.selected_data = {0, 1, 2}
+    assert panel.canvas.axes.get_title() == "UMAP of 250 of 250 nuclei"
+    assert panel._status.value == "3 selected, 3 on the map"
+
+    other, _ = add_blobs(viewer)
+    panel._layer.value = other
+
+    assert panel.map is None and panel.canvas.axes.get_title() == ""
+    assert panel._status.value == ""
+
+
 def test_a_recolour_elsewhere_recolours_the_map(viewer, panel, qtbot):
     layer, truth = add_blobs(viewer, mapped=np.arange(250))
     panel._layer.value = layer

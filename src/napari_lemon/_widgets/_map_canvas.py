@@ -106,6 +106,7 @@ class MapCanvas(QWidget):
     def _clear(self) -> None:
         for artist in [*self.axes.texts, *self.axes.collections, *self.axes.images]:
             artist.remove()
+        self.axes.set_title("")
         self._scatter = self._marks = None
         self._thumbnails, self._boxes = [], np.empty((0, 4))
         self.thumbnail_rows = np.empty(0, np.int64)

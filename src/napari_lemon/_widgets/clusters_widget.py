@@ -226,6 +226,7 @@ class ClustersWidget(Container):
 
     def _on_layer(self, layer: Points | None) -> None:
         self.legend.set_layer(layer)
+        self._status.value = ""  # it spoke of the layer before
         self._scores.value = ""
         self.scores = {}
 

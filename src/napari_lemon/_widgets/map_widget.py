@@ -167,6 +167,7 @@ class MorphologyMapWidget(Container):
 
     def _on_layer(self, layer: Points | None) -> None:
         self._follow_selection_of(layer)
+        self._status.value = ""  # it spoke of the layer before
         adata = None if layer is None else layer.metadata[_results.ADATA_KEY]
         self.show_map(None if adata is None else stored_map(adata))
 
