@@ -231,6 +231,12 @@ def set_view(viewer, centre_xy_px, zoom, mpp=0.5):
 
 
 @needs_display
+def test_the_new_nuclei_layer_is_the_active_one(viewer, nuclei):
+    assert viewer.layers.selection.active is nuclei
+    assert viewer.layers[-1].name == f"{nuclei.name} dots & outlines"
+
+
+@needs_display
 def test_recolour_changes_colours_per_category_and_not_the_data(viewer, nuclei):
     from napari_lemon._widgets._nuclei_display import recolour
 

@@ -218,6 +218,7 @@ def add_nuclei(
     NucleiDisplay(
         viewer, points, np.asarray(packed["offsets"]), np.asarray(packed["xy"])
     )
+    viewer.layers.selection.active = points  # not the raster added after it
     return points
 
 
