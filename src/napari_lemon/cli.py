@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .wording import counted
+
 DEFAULT_DEMO_OUT = "lemon-demo"
 USER_ERRORS = (OSError, ValueError)  # incl. SlideError, CheckpointError
 
@@ -130,11 +132,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def cli_wording(message: str) -> str:
     """A library message as the command line says it: flags, not parameters."""
     return message.replace("--overwrite (overwrite=True)", "--overwrite")
-
-
-def counted(n: int, singular: str, plural: str | None = None) -> str:
-    """``"1 nucleus"``, ``"2,048 nuclei"``: a count and its noun, singular or plural."""
-    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
 
 
 # outputs

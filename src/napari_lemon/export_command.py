@@ -92,9 +92,10 @@ def cmd_embed_nuclei(args: argparse.Namespace) -> int:
     """``lemon embed IMAGE --nuclei FILE --out OUT.h5ad``."""
     from .annotations import annotations_path, results_identity
     from .checkpoint import load_encoder
-    from .cli import StageBars, check_embed_out, counted, set_labels_aside
+    from .cli import StageBars, check_embed_out, set_labels_aside
     from .export import annotations_from_imported, imported_results, read_nuclei_file
     from .store import write_results
+    from .wording import counted
 
     start = time.perf_counter()
     out = check_embed_out(args.out, args.overwrite)

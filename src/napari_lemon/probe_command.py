@@ -118,7 +118,6 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
     from tqdm import tqdm
 
     from .analysis.probe import ProbeMismatch, prediction_columns
-    from .cli import counted
     from .store_columns import (
         check_writable,
         embedding_shape,
@@ -126,6 +125,7 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
         read_provenance,
         write_analysis,
     )
+    from .wording import counted
 
     # check before reading the embeddings
     start = time.perf_counter()
@@ -166,8 +166,8 @@ def apply_to(probe, path: Path, probe_path: Path, name: str | None = None) -> st
 def cmd_train(args: argparse.Namespace) -> int:
     """Cross-validate and fit a probe on the labels of one result; save it."""
     from .analysis.probe import NotEnoughLabels, cross_validate, fit_probe
-    from .cli import counted
     from .store_columns import read_embedding_rows, read_obs_columns, read_provenance
+    from .wording import counted
 
     name = _check_name(args.name) or "cell_type"
     out = Path(args.out)
@@ -247,7 +247,7 @@ def _annotations_of(results: Path, given: str | None, n_obs: int, provenance: di
 
 def _check_labels_found(annotations, rows: np.ndarray, source: Path, results: Path):
     """ValueError when no label is of these results; a warning when some are not."""
-    from .cli import counted
+    from .wording import counted
 
     n_labels = len(annotations.labels())
     if n_labels and not len(rows):

@@ -43,7 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..cli import counted
+from ..wording import counted
 from . import _results
 from ._brush import DEFAULT_RADIUS_UM, Brush, Stroke
 from ._layer_typing import (

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..wording import counted
+
 logger = logging.getLogger(__name__)
 
 
@@ -80,9 +82,8 @@ def _fit_k(n_clusters: int, n: int) -> int:
     """``n_clusters``, lowered with a warning when there are fewer nuclei."""
     if n < n_clusters:
         warnings.warn(
-            f"n_clusters={n_clusters} but only {n:,} "
-            f"{'nucleus' if n == 1 else 'nuclei'}; using {n:,} "
-            f"{'cluster' if n == 1 else 'clusters'}",
+            f"n_clusters={n_clusters} but only {counted(n, 'nucleus', 'nuclei')}; "
+            f"using {counted(n, 'cluster')}",
             stacklevel=3,
         )
         return n

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .clusters import _checked
+from .openmp_order import torch_before_numba
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ def _neighbours(points: np.ndarray, k: int, seed: int):
         return indices, distances.astype(np.float32)
 
     # NOTE: the first call compiles pynndescent's numba code (about 20 s)
-    from .openmp_order import torch_before_numba
-
     torch_before_numba()
     from pynndescent import NNDescent
 
@@ -160,8 +159,6 @@ def _weighted_graph(points, indices, distances, seed: int):
     """igraph Graph of the symmetric fuzzy neighbour weights (umap-learn's)."""
     import igraph
     from scipy import sparse
-
-    from .openmp_order import torch_before_numba
 
     torch_before_numba()
     from umap.umap_ import fuzzy_simplicial_set

@@ -28,6 +28,7 @@ import numpy as np
 
 from .clusters import _checked
 from .graph_clusters import _pca
+from .openmp_order import torch_before_numba
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,6 @@ def _check_method(method: str) -> None:
 
 def _umap(points: np.ndarray, seed: int) -> np.ndarray:
     """UMAP coordinates of ``points``, float32 (n, 2)."""
-    from .openmp_order import torch_before_numba
-
     torch_before_numba()
     import umap
 
